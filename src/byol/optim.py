@@ -1,0 +1,138 @@
+"""LARS and the parameter groups BYOL trains with.
+
+LARS as in the reference page (and the official code): per parameter,
+    g ← g + wd·w;  g ← g·η‖w‖/‖g‖ (1 where either norm is 0);  μ ← m·μ + g;  w ← w − lr·μ.
+Biases and normalisation parameters skip both the weight decay and the trust ratio; they
+still get momentum and the plain learning rate. Every step is a handful of fused
+``torch._foreach_*`` calls per group, with no Python loop over tensors and no host sync.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+__all__ = ["LARS", "is_excluded_from_lars", "param_groups"]
+
+_NORM_TYPES = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.LocalResponseNorm,
+)
+
+
+class LARS(Optimizer):
+    """Layer-wise Adaptive Rate Scaling (You et al. 2017) in BYOL's form.
+
+    Args:
+        params: parameters or parameter groups. A group may set ``weight_decay`` and
+            ``lars`` (``False`` turns off the trust ratio, as for biases and BatchNorm).
+        lr: learning rate.
+        momentum: heavy-ball momentum (no Nesterov, no dampening).
+        weight_decay: decoupled-from-nothing L2 term added to the gradient before adaptation.
+        trust_coefficient: η of the trust ratio η‖w‖/‖g‖.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        trust_coefficient: float = 1e-3,
+    ) -> None:
+        if lr < 0.0:
+            raise ValueError(f"learning rate must be >= 0, got {lr}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
+        if weight_decay < 0.0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        if trust_coefficient <= 0.0:
+            raise ValueError(f"trust_coefficient must be > 0, got {trust_coefficient}")
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "weight_decay": weight_decay,
+            "trust_coefficient": trust_coefficient,
+            "lars": True,
+        }
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            buffers = []
+            for p in params:
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(
+                        p, memory_format=torch.preserve_format
+                    )
+                buffers.append(state["momentum_buffer"])
+
+            if group["weight_decay"] != 0.0:
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            if group["lars"]:
+                weight_norms = torch.stack(torch._foreach_norm(params))
+                grad_norms = torch.stack(torch._foreach_norm(grads))
+                ratio = torch.where(
+                    (weight_norms > 0) & (grad_norms > 0),
+                    group["trust_coefficient"] * weight_norms / grad_norms,
+                    torch.ones_like(weight_norms),
+                )
+                grads = torch._foreach_mul(grads, list(ratio.unbind()))
+            torch._foreach_mul_(buffers, group["momentum"])
+            torch._foreach_add_(buffers, grads)
+            torch._foreach_add_(params, buffers, alpha=-group["lr"])
+        return loss
+
+
+def is_excluded_from_lars(name: str, parameter: torch.Tensor, module: nn.Module) -> bool:
+    """Biases, normalisation parameters and any other ≤1-d parameter skip decay and trust ratio."""
+    return isinstance(module, _NORM_TYPES) or name.endswith("bias") or parameter.ndim <= 1
+
+
+def param_groups(
+    model: nn.Module, weight_decay: float, *, parameters: Iterable[torch.Tensor] | None = None
+) -> list[dict[str, Any]]:
+    """Two groups: regular weights (weight decay + trust ratio), exclusions (neither).
+
+    ``model`` may be a :class:`byol.BYOL`, whose ``online_parameters()`` are then used (the
+    target is never handed to an optimizer); for any other module, its trainable parameters.
+    ``parameters`` restricts the groups to that subset.
+    """
+    if parameters is None:
+        online = getattr(model, "online_parameters", None)
+        parameters = online() if callable(online) else model.parameters()
+    wanted = {id(p) for p in parameters if p.requires_grad}
+    regular: list[torch.Tensor] = []
+    excluded: list[torch.Tensor] = []
+    seen: set[int] = set()
+    for module in model.modules():
+        for name, parameter in module.named_parameters(recurse=False):
+            if id(parameter) not in wanted or id(parameter) in seen:
+                continue
+            seen.add(id(parameter))
+            if is_excluded_from_lars(name, parameter, module):
+                excluded.append(parameter)
+            else:
+                regular.append(parameter)
+    groups = [
+        {"params": regular, "weight_decay": weight_decay, "lars": True},
+        {"params": excluded, "weight_decay": 0.0, "lars": False},
+    ]
+    return [group for group in groups if group["params"]]

@@ -1,0 +1,31 @@
+"""Schedules as pure functions of the optimizer step k (k = 0..K, clamped to K)."""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["target_decay", "warmup_cosine_lr"]
+
+
+def target_decay(step: int, total_steps: int, base: float = 0.996) -> float:
+    """τ_k = 1 − (1 − τ_base)·(cos(πk/K) + 1)/2: rises from ``base`` at k = 0 to 1 at k = K."""
+    if not 0.0 <= base <= 1.0:
+        raise ValueError(f"base target decay must lie in [0, 1], got {base}")
+    if total_steps <= 0:
+        return 1.0
+    k = min(max(step, 0), total_steps)
+    return 1.0 - (1.0 - base) * (math.cos(math.pi * k / total_steps) + 1.0) / 2.0
+
+
+def warmup_cosine_lr(step: int, total_steps: int, base_lr: float, warmup_steps: int = 0) -> float:
+    """Linear warm-up from 0 to ``base_lr`` over ``warmup_steps``, then cosine decay to 0 at K."""
+    if total_steps <= 0:
+        return 0.0
+    k = min(max(step, 0), total_steps)
+    if k < warmup_steps:
+        return base_lr * k / warmup_steps
+    decay_steps = total_steps - warmup_steps
+    if decay_steps <= 0:
+        return 0.0
+    progress = (k - warmup_steps) / decay_steps
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -1,0 +1,34 @@
+import pytest
+import torch
+from torch import nn
+
+from byol import ConfigError, backbones
+
+
+@pytest.mark.parametrize("name,dim", [("resnet18", 512), ("resnet34", 512), ("resnet50", 2048)])
+def test_torchvision_resnets_without_classifier(name, dim):
+    encoder, feature_dim = backbones.build(name)
+    assert feature_dim == dim and isinstance(encoder.fc, nn.Identity)
+    assert encoder.conv1.kernel_size == (7, 7) and isinstance(encoder.maxpool, nn.MaxPool2d)
+    assert encoder(torch.randn(2, 3, 64, 64)).shape == (2, dim)
+
+
+def test_small_image_stem_and_grayscale():
+    encoder, dim = backbones.build("resnet18", small_images=True, in_channels=1)
+    assert encoder.conv1.kernel_size == (3, 3) and encoder.conv1.stride == (1, 1)
+    assert encoder.conv1.in_channels == 1 and isinstance(encoder.maxpool, nn.Identity)
+    assert encoder(torch.randn(2, 1, 28, 28)).shape == (2, dim)
+
+
+def test_convnet_is_small_and_fast_shape():
+    encoder, dim = backbones.build("convnet", in_channels=3)
+    assert dim == 256
+    convs = [m for m in encoder.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 64, 128, 256]
+    assert [c.stride[0] for c in convs] == [1, 2, 2, 2]
+    assert encoder(torch.randn(3, 3, 32, 32)).shape == (3, 256)
+
+
+def test_unknown_architecture_names_choices():
+    with pytest.raises(ConfigError, match="resnet18"):
+        backbones.build("resnet9000")
