@@ -65,8 +65,9 @@ def load_dataset(
             always in memory.
 
     Raises:
-        DataError: the data is missing, empty, unreadable or of the wrong type or shape.
-        ConfigError: ``split`` or ``image_size`` is invalid for the source.
+        DataError: the data is missing, empty, unreadable or of the wrong type or shape, or
+            an image folder / numpy file has no such split.
+        ConfigError: ``image_size`` is not positive, or ``split`` is unknown for a named source.
     """
     if image_size is not None and (isinstance(image_size, bool) or image_size < 1):
         raise ConfigError(f"image_size must be a positive integer, got {image_size!r}")

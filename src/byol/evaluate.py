@@ -391,10 +391,12 @@ def knn_accuracy(
 
 
 class _StackedSoftmaxHeads:
-    """``L`` independent linear softmax classifiers, one per learning rate, trained together.
+    """``H`` independent linear softmax classifiers, each with its own learning rate, trained on
+    the same minibatches.
 
-    The weights of all heads form one (D, L*C) matrix, so a minibatch step is two GEMMs for the
-    whole grid. Gradients are computed in closed form (softmax cross-entropy: dlogits = p - onehot),
+    The weights of all heads form one (D, H*C) matrix, so a minibatch step is two GEMMs for the
+    whole set (reading the (B, D) batch dominates the cost, so 10 heads cost little more than
+    one). Gradients are computed in closed form (softmax cross-entropy: dlogits = p - onehot),
     avoiding autograd bookkeeping; the update is PyTorch's SGD with Nesterov momentum and no
     dampening: ``buf = m*buf + g; w -= lr * (g + m*buf)``. Zero initialisation: the problem is
     convex, and it makes the result independent of any weight-init randomness.
@@ -407,7 +409,8 @@ class _StackedSoftmaxHeads:
         learning_rates: Sequence[float],
         device: torch.device,
     ) -> None:
-        self.num_heads = len(learning_rates)
+        self.learning_rates = tuple(learning_rates)
+        self.num_heads = len(self.learning_rates)
         self.num_classes = num_classes
         width = self.num_heads * num_classes
         self.weight = torch.zeros(dim, width, device=device)
@@ -415,18 +418,49 @@ class _StackedSoftmaxHeads:
         self.weight_buf = torch.zeros_like(self.weight)
         self.bias_buf = torch.zeros_like(self.bias)
         self.column_lr = torch.tensor(
-            list(learning_rates), dtype=torch.float32, device=device
+            self.learning_rates, dtype=torch.float32, device=device
         ).repeat_interleave(num_classes)
 
+    def subset(self, heads: Sequence[int]) -> _StackedSoftmaxHeads:
+        """The classifiers ``heads`` (indices) as a separate object (weights copied)."""
+        dim, device = self.weight.shape[0], self.weight.device
+        out = _StackedSoftmaxHeads(
+            dim, self.num_classes, [self.learning_rates[i] for i in heads], device
+        )
+        columns = torch.cat(
+            [torch.arange(i * self.num_classes, (i + 1) * self.num_classes) for i in heads]
+        ).to(device)
+        out.weight = self.weight[:, columns].clone()
+        out.bias = self.bias[columns].clone()
+        out.weight_buf = self.weight_buf[:, columns].clone()
+        out.bias_buf = self.bias_buf[columns].clone()
+        return out
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, D) -> (B, L, C)."""
+        """(B, D) -> (B, H, C)."""
         return torch.addmm(self.bias, x, self.weight).view(x.shape[0], self.num_heads, -1)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, lr_factor: float) -> None:
+    def step(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        lr_factor: float,
+        row_weight: torch.Tensor | None = None,
+    ) -> None:
+        """One SGD step on the batch (x, y).
+
+        ``row_weight`` (B, H): the weight of each row in each head's loss; default ``1/B`` (the
+        batch-mean loss) for all. A zero weight keeps a row out of a head's gradient.
+        """
         batch = x.shape[0]
-        grad_logits = torch.softmax(self.logits(x), dim=2)
-        grad_logits -= F.one_hot(y, self.num_classes).to(grad_logits.dtype).unsqueeze(1)
-        grad_logits = grad_logits.view(batch, -1).div_(batch)  # mean loss over the batch
+        grad_logits = torch.softmax(self.logits(x), dim=2)  # (B, H, C)
+        target = y.view(batch, 1, 1).expand(batch, self.num_heads, 1)
+        grad_logits.scatter_add_(2, target, torch.full_like(target, -1.0, dtype=x.dtype))
+        if row_weight is None:
+            grad_logits.div_(batch)
+        else:
+            grad_logits.mul_(row_weight.unsqueeze(2))
+        grad_logits = grad_logits.view(batch, -1)
         for param, buf, grad in (
             (self.weight, self.weight_buf, x.T @ grad_logits),
             (self.bias, self.bias_buf, grad_logits.sum(0)),
@@ -444,15 +478,15 @@ class _StackedSoftmaxHeads:
         for start in range(0, features.shape[0], _SCORE_CHUNK):
             x = features[start : start + _SCORE_CHUNK]
             y = labels[start : start + _SCORE_CHUNK]
-            logits = self.logits(x)  # (B, L, C)
+            logits = self.logits(x)  # (B, H, C)
             known = y < self.num_classes  # a class never seen in training can only be wrong
             y_safe = torch.where(known, y, torch.zeros_like(y))
             target = y_safe.view(-1, 1, 1).expand(-1, self.num_heads, 1)
-            top = logits.topk(k5, dim=2).indices  # (B, L, k5)
+            top = logits.topk(k5, dim=2).indices  # (B, H, k5)
             hit = (top == target) & known.view(-1, 1, 1)
             top1 += hit[:, :, 0].sum(0).double().cpu()
             top5 += hit.any(dim=2).sum(0).double().cpu()
-            nll = -torch.log_softmax(logits, dim=2).gather(2, target).squeeze(2)  # (B, L)
+            nll = -torch.log_softmax(logits, dim=2).gather(2, target).squeeze(2)  # (B, H)
             # The loss of an unseen class is infinite in principle; it is left out of the mean.
             loss += torch.where(known.view(-1, 1), nll, 0.0).sum(0).double().cpu()
         n = features.shape[0]
@@ -469,6 +503,7 @@ def _cosine_factor(step: int, total_steps: int) -> float:
 
 
 def _standardizer(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    features = features.float()
     mean = features.mean(0)
     std = features.std(0, unbiased=False)
     # Constant dimensions carry no information; dividing them by ~0 would only amplify rounding.
@@ -484,6 +519,8 @@ def _check_probe_config(
         raise ConfigError("learning_rates is empty")
     if any(not lr > 0 for lr in rates):
         raise ConfigError(f"learning_rates must all be > 0, got {list(rates)}")
+    if len(set(rates)) != len(rates):
+        raise ConfigError(f"learning_rates contain duplicates: {list(rates)}")
     if epochs < 1:
         raise ConfigError(f"epochs must be >= 1, got {epochs}")
     if batch_size < 1:
@@ -493,14 +530,22 @@ def _check_probe_config(
     return rates
 
 
+def _resolve_num_classes(num_classes: int | None, train_labels: torch.Tensor) -> int:
+    largest = int(train_labels.max())
+    if num_classes is None:
+        return largest + 1
+    if num_classes <= largest:
+        raise ConfigError(f"num_classes={num_classes} but train_labels contain class {largest}")
+    return num_classes
+
+
 def _holdout_split(
     labels: torch.Tensor, fraction: float, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stratified split of ``range(len(labels))`` into (fit, val) indices, reproducible by seed.
 
     Each class with at least two samples gives ``round(fraction * count)`` of them (at least one,
-    never all) to the validation part, so the validation accuracy is not dominated by the
-    larger classes' sampling noise.
+    never all) to the validation part, so every class is represented in both parts.
     """
     generator = torch.Generator().manual_seed(seed)
     labels_cpu = labels.cpu()
@@ -521,56 +566,113 @@ def _holdout_split(
     return torch.cat(fit).sort().values, val_idx
 
 
-def _train_heads(
-    heads: _StackedSoftmaxHeads,
-    n: int,
-    batch_for: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+def _pick_best(rates: Sequence[float], val_top1: list[float], val_loss: list[float]) -> float:
+    """Highest validation top-1; ties (common on easy problems) go to the lower validation loss,
+    then to the earlier rate in the grid."""
+    order = sorted(range(len(rates)), key=lambda i: (-val_top1[i], val_loss[i], i))
+    return rates[order[0]]
+
+
+BatchFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _fit_and_select(
+    train_labels: torch.Tensor,
+    batch_for: BatchFn,
+    val_features_for: Callable[[torch.Tensor], torch.Tensor],
     *,
+    dim: int,
+    rates: Sequence[float],
+    num_classes: int,
     epochs: int,
     batch_size: int,
+    val_fraction: float,
     seed: int,
-) -> None:
-    """Runs ``epochs`` passes of minibatch SGD; ``batch_for(indices)`` gives (features, labels)."""
+    device: torch.device,
+    fit_final: bool,
+) -> tuple[dict, _StackedSoftmaxHeads | None]:
+    """Learning-rate selection and, when ``fit_final``, the final classifiers, in one pass.
+
+    Receives training data only (through ``batch_for(indices)`` -> (features, labels) of training
+    rows and ``val_features_for(indices)`` -> un-augmented features of held-out training rows),
+    so nothing derived from the test set can reach the choice.
+
+    Two stacks of heads, one per learning rate each, are trained on the same minibatches drawn
+    from the whole training set:
+
+    * selection heads, for which held-out rows have zero weight: each step is the mean loss over
+      the batch's fitting rows, so they learn from the fitting part only;
+    * final heads (``fit_final``), which use every row: exactly the "retrain on the full training
+      set" run, for every rate, so the chosen one needs no second pass.
+
+    Returns ``(selection, final_heads)``: ``selection`` has ``learning_rate``,
+    ``val_top1_by_lr``, ``val_loss_by_lr``, ``n_val``; ``final_heads`` holds one head per rate
+    (``None`` unless ``fit_final``).
+    """
+    n = train_labels.shape[0]
+    selecting = len(rates) > 1
+    if selecting:
+        fit_idx, val_idx = _holdout_split(train_labels, val_fraction, seed)
+        is_fit = torch.zeros(n, dtype=torch.bool)
+        is_fit[fit_idx] = True
+        is_fit = is_fit.to(device)
+    n_select = len(rates) if selecting else 0
+    head_rates = [*(rates if selecting else ()), *(rates if fit_final else ())]
+    if not head_rates:
+        raise ConfigError("nothing to train: a single learning rate and no final fit requested")
+    heads = _StackedSoftmaxHeads(dim, num_classes, head_rates, device)
+
     generator = torch.Generator().manual_seed(seed)
-    steps_per_epoch = math.ceil(n / batch_size)
-    total_steps = epochs * steps_per_epoch
+    total_steps = epochs * math.ceil(n / batch_size)
     step = 0
     for _ in range(epochs):
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, batch_size):
-            x, y = batch_for(order[start : start + batch_size])
-            heads.step(x, y, _cosine_factor(step, total_steps))
+            indices = order[start : start + batch_size]
+            x, y = batch_for(indices)
+            row_weight = None
+            if selecting:
+                fit_rows = is_fit[indices.to(device)].to(x.dtype)
+                select_weight = fit_rows / fit_rows.sum().clamp(min=1.0)
+                row_weight = torch.cat(
+                    [
+                        select_weight.view(-1, 1).expand(-1, n_select),
+                        torch.full((x.shape[0], len(head_rates) - n_select), 1.0 / x.shape[0]),
+                    ],
+                    dim=1,
+                )
+            heads.step(x, y, _cosine_factor(step, total_steps), row_weight)
             step += 1
 
-
-def _fit_on_features(
-    features: torch.Tensor,
-    labels: torch.Tensor,
-    learning_rates: Sequence[float],
-    *,
-    num_classes: int,
-    epochs: int,
-    batch_size: int,
-    seed: int,
-    device: torch.device,
-) -> _StackedSoftmaxHeads:
-    x_all = features.to(device=device, dtype=torch.float32)
-    y_all = labels.to(device)
-    heads = _StackedSoftmaxHeads(x_all.shape[1], num_classes, learning_rates, device)
-
-    def batch_for(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        indices = indices.to(device)
-        return x_all[indices], y_all[indices]
-
-    _train_heads(heads, x_all.shape[0], batch_for, epochs=epochs, batch_size=batch_size, seed=seed)
-    return heads
+    final_heads = heads.subset(range(n_select, len(head_rates))) if fit_final else None
+    if not selecting:
+        selection = {
+            "learning_rate": rates[0],
+            "val_top1_by_lr": {},
+            "val_loss_by_lr": {},
+            "n_val": 0,
+        }
+        return selection, final_heads
+    val = heads.subset(range(n_select)).scores(
+        val_features_for(val_idx).to(device), train_labels[val_idx].to(device)
+    )
+    selection = {
+        "learning_rate": _pick_best(rates, val["top1"], val["loss"]),
+        "val_top1_by_lr": dict(zip(rates, val["top1"], strict=True)),
+        "val_loss_by_lr": dict(zip(rates, val["loss"], strict=True)),
+        "n_val": int(val_idx.numel()),
+    }
+    return selection, final_heads
 
 
-def _pick_best(learning_rates: Sequence[float], val_top1: list[float], val_loss: list[float]):
-    """Highest validation top-1; ties (common on easy problems) go to the lower validation loss,
-    then to the earlier rate in the grid."""
-    order = sorted(range(len(learning_rates)), key=lambda i: (-val_top1[i], val_loss[i], i))
-    return learning_rates[order[0]]
+def _prepare_features(
+    train_features: torch.Tensor, standardize: bool, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    x = train_features.to(device=device, dtype=torch.float32)
+    if not standardize:
+        return x, None, None
+    mean, std = _standardizer(x)
+    return (x - mean) / std, mean, std
 
 
 def select_learning_rate(
@@ -588,43 +690,37 @@ def select_learning_rate(
 ) -> dict:
     """Chooses the linear-probe learning rate on a part held out from the training features.
 
-    This function only receives training data: the test set cannot influence the choice.
-    All rates of the grid are trained at once on the same minibatches (see the module docstring).
-    When ``standardize`` is set, the statistics come from the fitting part only.
+    Takes training data only. Gives the same choice and validation scores as
+    :func:`linear_probe` with the same arguments (which runs this selection jointly with its
+    final fit).
 
     Returns:
         ``{"learning_rate", "val_top1_by_lr": {lr: top1}, "val_loss_by_lr": {lr: loss},
-        "n_fit", "n_val"}``.
+        "n_val"}``.
     """
     rates = _check_probe_config(learning_rates, epochs, batch_size, val_fraction)
+    if len(rates) < 2:
+        raise ConfigError(f"select_learning_rate needs at least two rates, got {list(rates)}")
     train_labels = _check_features(train_features, train_labels, "train")
-    if num_classes is None:
-        num_classes = int(train_labels.max()) + 1
+    num_classes = _resolve_num_classes(num_classes, train_labels)
     run_device = torch.device(device) if device is not None else train_features.device
-
-    fit_idx, val_idx = _holdout_split(train_labels, val_fraction, seed)
-    fit_x, val_x = train_features[fit_idx].float(), train_features[val_idx].float()
-    if standardize:
-        mean, std = _standardizer(fit_x)
-        fit_x, val_x = (fit_x - mean) / std, (val_x - mean) / std
-    heads = _fit_on_features(
-        fit_x,
-        train_labels[fit_idx],
-        rates,
+    x, _, _ = _prepare_features(train_features, standardize, run_device)
+    y = train_labels.to(run_device)
+    selection, _ = _fit_and_select(
+        train_labels,
+        lambda idx: (x[idx.to(run_device)], y[idx.to(run_device)]),
+        lambda idx: x[idx.to(run_device)],
+        dim=x.shape[1],
+        rates=rates,
         num_classes=num_classes,
         epochs=epochs,
         batch_size=batch_size,
+        val_fraction=val_fraction,
         seed=seed,
         device=run_device,
+        fit_final=False,
     )
-    val = heads.scores(val_x.to(run_device), train_labels[val_idx].to(run_device))
-    return {
-        "learning_rate": _pick_best(rates, val["top1"], val["loss"]),
-        "val_top1_by_lr": dict(zip(rates, val["top1"], strict=True)),
-        "val_loss_by_lr": dict(zip(rates, val["loss"], strict=True)),
-        "n_fit": int(fit_idx.numel()),
-        "n_val": int(val_idx.numel()),
-    }
+    return selection
 
 
 def linear_probe(
@@ -644,76 +740,61 @@ def linear_probe(
 ) -> dict:
     """Linear evaluation on pre-computed frozen features (the paper's protocol, no augmentation).
 
-    1. :func:`select_learning_rate` holds out ``val_fraction`` of the training features (stratified,
-       by ``seed``), trains one classifier per rate on the rest and keeps the best on the held-out
-       part. It never sees the test tensors.
-    2. A classifier is retrained on all training features with the chosen rate.
-    3. It is scored once on the test features.
+    1. ``val_fraction`` of the training rows are held out (stratified by class, drawn with
+       ``seed``); one classifier per learning rate learns from the remaining rows and the rate
+       with the best held-out top-1 is chosen (ties: lower held-out loss).
+    2. A classifier trained on *all* training rows with the chosen rate is scored once on the
+       test set. Step 1 and 2 share their minibatches (see :func:`_fit_and_select`): the
+       final classifiers for every rate are trained alongside the selection ones, which makes
+       the whole protocol cost about one training run. The test tensors are only touched after
+       the choice is made, by code that cannot change it.
 
     Training: softmax regression, SGD with Nesterov momentum 0.9, no weight decay, batch
     ``batch_size``, cosine learning-rate decay to 0 over ``epochs``, zero-initialised weights,
-    minibatch order from a generator seeded with ``seed`` (deterministic given the seed).
-    ``standardize`` shifts/scales each feature with the mean/std of the data being fitted (training
-    data only), which lets the paper's grid - tuned for BatchNorm-normalised ResNet features -
-    transfer to features of any scale. ``num_classes`` defaults to ``max(train_labels) + 1`` (test
-    labels do not change the model); a test label outside it counts as an error.
+    minibatch order from a generator seeded with ``seed``: deterministic given the seed.
+
+    ``standardize`` shifts/scales each feature dimension by the mean/std of the training features
+    (never the test ones; no labels used), so the paper's grid - tuned for BatchNorm-normalised
+    ResNet features of unit scale - transfers to features of any scale. ``num_classes`` defaults
+    to ``max(train_labels) + 1``; a test label outside it counts as an error.
 
     Returns:
         ``{"top1", "top5", "learning_rate", "val_top1_by_lr", "val_loss_by_lr", "n_train",
-        "n_val", "n_test", "epochs", "seconds"}``; ``top5`` is ``None`` with fewer than 5 classes.
-        With a single learning rate there is nothing to choose: no validation run is made and
-        ``val_top1_by_lr`` is empty, ``n_val`` 0.
+        "n_val", "n_test", "epochs", "seconds"}``; ``top5`` is ``None`` with fewer than 5
+        classes. With a single learning rate there is nothing to choose: no rows are held out,
+        ``val_top1_by_lr`` is empty and ``n_val`` is 0.
     """
     started = time.perf_counter()
     rates = _check_probe_config(learning_rates, epochs, batch_size, val_fraction)
     train_labels = _check_features(train_features, train_labels, "train")
     test_labels = _check_features(test_features, test_labels, "test")
     _check_same_dim(train_features, test_features)
-    if num_classes is None:
-        num_classes = int(train_labels.max()) + 1
-    elif num_classes <= int(train_labels.max()):
-        raise ConfigError(
-            f"num_classes={num_classes} but train_labels contain class {int(train_labels.max())}"
-        )
+    num_classes = _resolve_num_classes(num_classes, train_labels)
     run_device = torch.device(device) if device is not None else train_features.device
 
-    if len(rates) > 1:
-        selection = select_learning_rate(
-            train_features,
-            train_labels,
-            learning_rates=rates,
-            epochs=epochs,
-            batch_size=batch_size,
-            val_fraction=val_fraction,
-            seed=seed,
-            standardize=standardize,
-            num_classes=num_classes,
-            device=run_device,
-        )
-    else:
-        selection = {
-            "learning_rate": rates[0],
-            "val_top1_by_lr": {},
-            "val_loss_by_lr": {},
-            "n_val": 0,
-        }
-    chosen = selection["learning_rate"]
-
-    train_x, test_x = train_features.float(), test_features.float()
-    if standardize:
-        mean, std = _standardizer(train_x)
-        train_x, test_x = (train_x - mean) / std, (test_x.to(mean.device) - mean) / std
-    heads = _fit_on_features(
-        train_x,
+    x, mean, std = _prepare_features(train_features, standardize, run_device)
+    y = train_labels.to(run_device)
+    selection, final_heads = _fit_and_select(
         train_labels,
-        [chosen],
+        lambda idx: (x[idx.to(run_device)], y[idx.to(run_device)]),
+        lambda idx: x[idx.to(run_device)],
+        dim=x.shape[1],
+        rates=rates,
         num_classes=num_classes,
         epochs=epochs,
         batch_size=batch_size,
+        val_fraction=val_fraction,
         seed=seed,
         device=run_device,
+        fit_final=True,
     )
-    test = heads.scores(test_x.to(run_device), test_labels.to(run_device))
+    chosen = selection["learning_rate"]
+    classifier = final_heads.subset([rates.index(chosen)])
+
+    test_x = test_features.to(device=run_device, dtype=torch.float32)
+    if mean is not None:
+        test_x = (test_x - mean) / std
+    test = classifier.scores(test_x, test_labels.to(run_device))
     return {
         "top1": test["top1"][0],
         "top5": test["top5"][0] if num_classes >= 5 else None,
@@ -758,7 +839,7 @@ def _resized_crop_flip(
     (size, size) plus a random h-flip, as one batched ``grid_sample`` (bilinear).
 
     Like torchvision's sampler, a draw whose box does not fit is redrawn (10 tries); boxes that
-    still do not fit are clipped to the image.
+    still do not fit are the whole image.
     """
     n, _, h, w = x.shape
     log_ratio = (math.log(3 / 4), math.log(4 / 3))
@@ -817,21 +898,22 @@ def linear_probe_augmented(
     """Linear evaluation with training-time augmentation, the paper's full protocol.
 
     The encoder stays frozen in eval mode (BatchNorm running statistics); its mode is restored on
-    return. Every epoch each training image gets a fresh per-sample augmentation:
+    return. Every epoch each training image gets a fresh per-sample augmentation (drawn from a
+    generator seeded with ``seed``):
 
     * ``crop="resized"`` (default, as the paper): random resized crop of area ``crop_scale`` and
       aspect ratio in [3/4, 4/3] straight to ``size``, bilinear (no antialiasing);
     * ``crop="pad"`` (the usual CIFAR choice): zero-pad by ``padding`` pixels, random crop back to
       the image size, then resize to ``size`` if it differs;
 
-    followed by a horizontal flip with probability 0.5. Validation and test images get a centre
-    crop of ``test_crop_fraction`` of their side (1.0: the whole image) resized to ``size``.
+    followed by a horizontal flip with probability 0.5. Held-out and test images get a centre
+    crop of ``test_crop_fraction`` of their side (1.0, the default: the whole image) resized to
+    ``size``.
 
-    The learning rate is chosen as in :func:`linear_probe`: all rates trained together on the
-    fitting part of the training set, scored on the held-out part (un-augmented), then one
-    classifier retrained on the whole training set and scored once on the test set. With
-    ``standardize`` the statistics come from un-augmented features of the data being fitted.
-    Cost: about ``2 * epochs`` encoder passes over the training set.
+    The learning rate is chosen as in :func:`linear_probe` (held-out part of the training set,
+    scored un-augmented; selection and final classifiers trained on the same augmented batches,
+    so the encoder runs ``epochs`` times over the training set, not twice that). With
+    ``standardize``, the feature mean/std come from un-augmented training features.
 
     Returns:
         the same keys as :func:`linear_probe`, plus ``"crop"``.
@@ -861,97 +943,71 @@ def linear_probe_augmented(
         raise ConfigError(f"test_crop_fraction must be in (0, 1], got {test_crop_fraction}")
     if size < 1:
         raise ConfigError(f"size must be >= 1, got {size}")
-    if num_classes is None:
-        num_classes = int(train_labels.max()) + 1
+    num_classes = _resolve_num_classes(num_classes, train_labels)
     run_device = (
         torch.device(device) if device is not None else _default_device(encoder, train_images)
     )
     mean_t, std_t = _channel_stats(mean, std, train_images.shape[1], run_device)
+    encode_options = {
+        "batch_size": encode_batch_size,
+        "device": run_device,
+        "channels_last": channels_last,
+    }
 
     def clean(x: torch.Tensor) -> torch.Tensor:
         return (_resize(_center_crop(x, test_crop_fraction), size) - mean_t) / std_t
 
-    def encode_clean(images: torch.Tensor, indices: torch.Tensor | None = None) -> torch.Tensor:
-        return _encode(
-            encoder,
-            images,
-            clean,
-            batch_size=encode_batch_size,
-            device=run_device,
-            channels_last=channels_last,
-            indices=indices,
-        )
+    aug_generator = torch.Generator().manual_seed(seed + 1)
 
-    def fit(indices: torch.Tensor, fit_rates: Sequence[float], clean_features: torch.Tensor):
-        """Trains heads on train_images[indices] with augmentation; returns (heads, mean, std)."""
-        if standardize:
-            feat_mean, feat_std = (t.to(run_device) for t in _standardizer(clean_features))
+    def augmented(x: torch.Tensor) -> torch.Tensor:
+        if crop == "resized":
+            x = _resized_crop_flip(x, size, crop_scale, aug_generator)
         else:
-            feat_mean, feat_std = None, None
-        labels_dev = train_labels.to(run_device)
-        aug_generator = torch.Generator().manual_seed(seed + 1)
+            x = _resize(_pad_crop_flip(x, padding, aug_generator), size)
+        return (x - mean_t) / std_t
 
-        def augmented(x: torch.Tensor) -> torch.Tensor:
-            if crop == "resized":
-                x = _resized_crop_flip(x, size, crop_scale, aug_generator)
-            else:
-                x = _resize(_pad_crop_flip(x, padding, aug_generator), size)
-            return (x - mean_t) / std_t
+    train_clean = _encode(encoder, train_images, clean, **encode_options).to(run_device)
+    if standardize:
+        feat_mean, feat_std = _standardizer(train_clean)
+        train_clean = (train_clean - feat_mean) / feat_std
+    labels_dev = train_labels.to(run_device)
 
-        def batch_for(batch_positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            batch_indices = indices[batch_positions]
-            feats = _encode(
-                encoder,
-                train_images,
-                augmented,
-                batch_size=encode_batch_size,
-                device=run_device,
-                channels_last=channels_last,
-                indices=batch_indices,
-            ).to(run_device)
-            if feat_mean is not None:
-                feats = (feats - feat_mean) / feat_std
-            return feats, labels_dev[batch_indices.to(run_device)]
+    def batch_for(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = _encode(encoder, train_images, augmented, indices=indices, **encode_options)
+        feats = feats.to(run_device)
+        if standardize:
+            feats = (feats - feat_mean) / feat_std
+        return feats, labels_dev[indices.to(run_device)]
 
-        dim = clean_features.shape[1]
-        heads = _StackedSoftmaxHeads(dim, num_classes, fit_rates, run_device)
-        _train_heads(
-            heads, indices.numel(), batch_for, epochs=epochs, batch_size=batch_size, seed=seed
-        )
-        return heads, feat_mean, feat_std
+    selection, final_heads = _fit_and_select(
+        train_labels,
+        batch_for,
+        lambda idx: train_clean[idx.to(run_device)],
+        dim=train_clean.shape[1],
+        rates=rates,
+        num_classes=num_classes,
+        epochs=epochs,
+        batch_size=batch_size,
+        val_fraction=val_fraction,
+        seed=seed,
+        device=run_device,
+        fit_final=True,
+    )
+    chosen = selection["learning_rate"]
+    classifier = final_heads.subset([rates.index(chosen)])
 
-    def normalise(features: torch.Tensor, feat_mean, feat_std) -> torch.Tensor:
-        features = features.to(run_device)
-        return features if feat_mean is None else (features - feat_mean) / feat_std
-
-    train_clean = encode_clean(train_images)
-    all_idx = torch.arange(train_images.shape[0])
-
-    # Learning-rate selection: only training images and labels are used here.
-    if len(rates) > 1:
-        fit_idx, val_idx = _holdout_split(train_labels, val_fraction, seed)
-        heads, fm, fs = fit(fit_idx, rates, train_clean[fit_idx])
-        val = heads.scores(
-            normalise(train_clean[val_idx], fm, fs), train_labels[val_idx].to(run_device)
-        )
-        chosen = _pick_best(rates, val["top1"], val["loss"])
-        val_top1 = dict(zip(rates, val["top1"], strict=True))
-        val_loss = dict(zip(rates, val["loss"], strict=True))
-        n_val = int(val_idx.numel())
-    else:
-        chosen, val_top1, val_loss, n_val = rates[0], {}, {}, 0
-
-    heads, fm, fs = fit(all_idx, [chosen], train_clean)
-    test_clean = encode_clean(test_images)
-    test = heads.scores(normalise(test_clean, fm, fs), test_labels.to(run_device))
+    test_x = _encode(encoder, test_images, clean, **encode_options).to(run_device)
+    if standardize:
+        test_x = (test_x - feat_mean) / feat_std
+    test = classifier.scores(test_x, test_labels.to(run_device))
     return {
         "top1": test["top1"][0],
         "top5": test["top5"][0] if num_classes >= 5 else None,
         "learning_rate": chosen,
-        "val_top1_by_lr": val_top1,
-        "val_loss_by_lr": val_loss,
+        "val_top1_by_lr": selection["val_top1_by_lr"],
+        "val_loss_by_lr": selection["val_loss_by_lr"],
         "n_train": int(train_images.shape[0]),
-        "n_val": n_val,
+        "n_val": selection["n_val"],
         "n_test": int(test_images.shape[0]),
         "epochs": epochs,
         "crop": crop,

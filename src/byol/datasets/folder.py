@@ -72,8 +72,8 @@ def decode_image(path: str, size: int, mode: str) -> np.ndarray:
         image = image.resize(
             (size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side)
         )
-        array = np.asarray(image, dtype=np.uint8)
-    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+        array = np.array(image, dtype=np.uint8)  # a writable copy: torch wants one
+    return array[None] if array.ndim == 2 else np.ascontiguousarray(array.transpose(2, 0, 1))
 
 
 class FolderReader:
@@ -92,7 +92,7 @@ class FolderReader:
     def __getitem__(self, index: int) -> torch.Tensor:
         path = self.paths[index]
         try:
-            return torch.from_numpy(np.ascontiguousarray(decode_image(path, self.size, self.mode)))
+            return torch.from_numpy(decode_image(path, self.size, self.mode))
         except Exception as error:  # PIL raises many error types on malformed files
             raise DataError(
                 f"cannot decode image {path}: {error}. A streamed folder checks only file "

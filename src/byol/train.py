@@ -1,0 +1,552 @@
+"""The training loop: data → two augmented views → BYOL loss → LARS → target update.
+
+:class:`Trainer` runs one ``byol train`` job: it builds everything from a
+:class:`~byol.config.TrainConfig`, resumes from the run folder when it holds a checkpoint,
+and writes ``config.yaml``, ``metrics.jsonl``, TensorBoard events (``tb/``),
+``checkpoints/`` and ``summary.json`` there.
+
+Exact resume: the data order of epoch e is a permutation seeded by (seed, e), the position
+within it follows from the optimizer step, and the augmentation generator's state is saved in
+every checkpoint, so an interrupted and resumed run performs the very same computations as an
+uninterrupted one (bitwise on CPU).
+
+The hot path holds no host synchronisation: loss and monitor values stay on the device and
+are read every ``log_every`` steps; the learning rate and τ are Python floats.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from . import backbones
+from .augment import BYOLAugment
+from .checkpoint import CheckpointManager
+from .config import TrainConfig
+from .data import ImageData, default_pretrain_split, load_dataset
+from .errors import ByolError, ConfigError, DataError
+from .model import BYOL
+from .optim import LARS, param_groups
+from .schedules import target_decay, warmup_cosine_lr
+
+__all__ = ["RunResult", "Trainer", "train"]
+
+# Keys that may change between a run and its resumption without changing its result.
+RESUMABLE_CHANGES = frozenset(
+    {"max_steps", "time_limit", "num_workers", "log_every", "checkpoint_every", "config",
+     "keep_checkpoints", "tensorboard", "out", "device", "knn_every", "download", "data_root"}
+)  # fmt: skip
+COLLAPSE_WARNING = 0.05
+
+
+@dataclass
+class RunResult:
+    """What a finished (or stopped) run produced."""
+
+    out: Path
+    step: int
+    total_steps: int
+    loss: float | None
+    knn_top1: float | None
+    checkpoint: Path | None
+    stopped_early: str | None = None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available here")
+    return device
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """fp32 on CPU (no native bf16/fp16 there), bf16 on GPUs that support it."""
+    if name != "auto":
+        return name
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+def epoch_order(num_items: int, seed: int, epoch: int) -> torch.Tensor:
+    """The data order of one epoch: a permutation that depends only on (seed, epoch)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_items, generator=generator)
+
+
+class Trainer:
+    """One BYOL pre-training run, single process or one rank of a distributed job."""
+
+    def __init__(self, config: TrainConfig, *, show_progress: bool | None = None) -> None:
+        from . import distributed
+
+        self.config = config
+        self.dist = distributed.current()
+        self.is_main = self.dist.rank == 0
+        self.out = Path(config.out)
+        self.show_progress = show_progress
+        self.device = resolve_device(config.device) if not self.dist.enabled else self.dist.device
+        self.precision = resolve_precision(config.precision, self.device)
+        if self.precision in ("bf16", "fp16") and self.device.type == "cpu" and self.is_main:
+            warnings.warn(
+                f"precision {self.precision} on CPU runs in emulation here (often ~100x slower "
+                "than fp32); use --precision fp32 on CPU",
+                stacklevel=2,
+            )
+        if config.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self._stop_reason: str | None = None
+
+    # ------------------------------------------------------------------ building blocks
+    def _load_data(self) -> tuple[ImageData, ImageData | None, ImageData | None]:
+        """Pre-training data, and the labeled k-NN memory bank and queries (or None)."""
+        config = self.config
+        split = default_pretrain_split(config.data)
+        data = load_dataset(
+            config.data, root=config.data_root, split=split, download=config.download,
+            image_size=config.folder_image_size,
+        )  # fmt: skip
+        if len(data) == 0:
+            raise DataError(f"dataset {config.data!r} has no images")
+        bank = queries = None
+        labeled = data.labels is not None and bool((data.labels >= 0).any())
+        if config.holdout:
+            if config.holdout >= len(data):
+                raise ConfigError(
+                    f"holdout ({config.holdout}) must be smaller than the dataset ({len(data)})"
+                )
+            order = epoch_order(len(data), 12345, 0)
+            queries = data.subset(order[-config.holdout :]) if labeled else None
+            data = data.subset(order[: -config.holdout])
+        elif labeled:
+            with contextlib.suppress(DataError, ConfigError):
+                queries = load_dataset(
+                    config.data, root=config.data_root, split="test",
+                    image_size=config.folder_image_size,
+                )  # fmt: skip
+        if queries is not None and labeled:
+            keep = data.labels >= 0
+            candidates = torch.nonzero(keep).flatten()
+            pick = candidates[epoch_order(len(candidates), 54321, 0)[: config.knn_bank_size]]
+            bank = data.subset(pick.sort().values)
+        return data, bank, queries
+
+    def _build(self, data: ImageData) -> None:
+        config = self.config
+        height, width = data.image_size
+        self.image_size = config.image_size or min(height, width)
+        small = config.small_images
+        if small is None:
+            small = backbones.default_small_images(self.image_size)
+        encoder, feature_dim = backbones.build(
+            config.arch, small_images=small, in_channels=data.channels
+        )
+        self.model = BYOL(
+            encoder, feature_dim=feature_dim, hidden_dim=config.hidden_dim,
+            projection_dim=config.projection_dim,
+        ).to(self.device)  # fmt: skip
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.mean, self.std = data.mean_std()
+        preset = config.augment
+        if preset == "auto":
+            name = str(config.data).lower()
+            preset = (
+                "fashion-mnist"
+                if name == "fashion-mnist"
+                else ("cifar" if self.image_size <= 64 else "imagenet")
+            )
+        self.augment_preset = preset
+        self.augment = BYOLAugment(preset, self.image_size, mean=self.mean, std=self.std)
+        self.optimizer = LARS(
+            param_groups(self.model, config.weight_decay), lr=0.0, momentum=config.momentum,
+            trust_coefficient=config.trust_coefficient,
+        )  # fmt: skip
+        self.forward = self.model
+        if self.dist.enabled:
+            self.forward = self.dist.wrap(self.model)
+        if config.compile:
+            self.forward = torch.compile(self.forward)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(config.seed * 7919 + 17 + self.dist.rank)
+
+    def _schedule(self, num_items: int) -> None:
+        config = self.config
+        self.steps_per_epoch = num_items // config.batch_size
+        if self.steps_per_epoch == 0:
+            raise ConfigError(
+                f"batch_size ({config.batch_size}) is larger than the dataset ({num_items} "
+                "images); use --batch-size <= the number of images"
+            )
+        self.total_steps = max(1, math.ceil(config.epochs * self.steps_per_epoch))
+        self.warmup_steps = round(config.warmup_epochs * self.steps_per_epoch)
+        self.peak_lr = config.base_lr * config.batch_size / 256
+        self.end_step = min(self.total_steps, config.max_steps or self.total_steps)
+
+    def _index_batches(self, start: int, end: int, num_items: int) -> Iterator[torch.Tensor]:
+        """Index batches for optimizer steps start..end-1 (this rank's share of each)."""
+        batch = self.config.batch_size
+        order = None
+        for step in range(start, end):
+            epoch, position = divmod(step, self.steps_per_epoch)
+            if order is None or position == 0:
+                order = epoch_order(num_items, self.config.seed, epoch)
+            indices = order[position * batch : (position + 1) * batch]
+            yield self.dist.shard(indices)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _payload(self, step: int) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": step,
+            "epoch": step // self.steps_per_epoch,
+            "batch_in_epoch": step % self.steps_per_epoch,
+            "total_steps": self.total_steps,
+            "rng": {
+                "augment": self.dist.gather_generator_states(self.generator.get_state()),
+                "torch": torch.get_rng_state(),
+            },
+            "config": self.config.to_dict(),
+            "data": {"mean": list(self.mean), "std": list(self.std),
+                     "image_size": self.image_size, "channels": self.channels,
+                     "augment": self.augment_preset},
+            "byol_version": _version(),
+        }  # fmt: skip
+
+    def _restore(self, payload: dict[str, Any]) -> int:
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        if payload.get("scaler"):
+            self.scaler.load_state_dict(payload["scaler"])
+        states = payload["rng"]["augment"]
+        state = states[self.dist.rank] if isinstance(states, list) else states
+        self.generator.set_state(state.to(torch.uint8).cpu())
+        torch.set_rng_state(payload["rng"]["torch"])
+        return int(payload["step"])
+
+    def _check_run_folder(self) -> None:
+        """Refuse to mix a different config into an existing run folder."""
+        saved = self.out / "config.yaml"
+        if not saved.exists():
+            return
+        try:
+            previous = yaml.safe_load(saved.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            return
+        current = self.config.to_dict()
+        changed = sorted(
+            key for key in set(previous) | set(current)
+            if key not in RESUMABLE_CHANGES and previous.get(key) != current.get(key)
+        )  # fmt: skip
+        if changed:
+            detail = ", ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in changed)
+            raise ConfigError(
+                f"run folder {self.out} already holds a run with a different config ({detail}); "
+                "choose another --out, or rerun with the same settings to resume it"
+            )
+
+    # ------------------------------------------------------------------ the run
+    def fit(self) -> RunResult:
+        config = self.config
+        data, bank, queries = self._load_data()
+        self.channels = data.channels
+        self._build(data)
+        self._schedule(len(data) // self.dist.world_size * self.dist.world_size)
+        checkpoints = CheckpointManager(self.out / "checkpoints", keep=config.keep_checkpoints)
+
+        start_step = 0
+        if self.is_main:
+            self._check_run_folder()
+        self.dist.barrier()
+        if checkpoints.exists():
+            payload, path, problems = checkpoints.load_latest(map_location=self.device)
+            for problem in problems:
+                warnings.warn(f"{problem}; falling back to an older checkpoint", stacklevel=2)
+            if payload.get("total_steps") not in (None, self.total_steps):
+                raise ConfigError(
+                    f"checkpoint {path} was made for {payload['total_steps']} steps but this "
+                    f"config gives {self.total_steps}; use another --out"
+                )
+            start_step = self._restore(payload)
+            if self.is_main:
+                print(
+                    f"byol: resuming {self.out} from {path} at step {start_step}", file=sys.stderr
+                )
+
+        writer = _MetricsWriter(self.out, tensorboard=config.tensorboard) if self.is_main else None
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=True))
+
+        last_loss: float | None = None
+        knn_top1: float | None = None
+        knn_step = -1
+        last_checkpoint: Path | None = checkpoints.last if checkpoints.exists() else None
+        progress = _progress(self.is_main and self.show_progress is not False, start_step,
+                             self.end_step, self.show_progress)  # fmt: skip
+        previous_handler = _install_stop_handler(self)
+        loss_sum = torch.zeros((), device=self.device)
+        collapse_sum = torch.zeros((), device=self.device)
+        first_bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        window_start, window_steps = time.perf_counter(), 0
+        run_start = time.perf_counter()
+        skipped = 0
+        step = start_step
+        batches = data.batches(
+            self._index_batches(start_step, self.end_step, len(data)),
+            num_workers=config.num_workers, pin_memory=self.device.type == "cuda",
+        )  # fmt: skip
+        self.model.train()
+        try:
+            for step, images in zip(range(start_step, self.end_step), batches):
+                loss, stats = self._step(images, step)
+                finite = torch.isfinite(loss)
+                if config.skip_nonfinite and not bool(finite):
+                    skipped += 1
+                    warnings.warn(f"non-finite loss at step {step}; skipped it", stacklevel=2)
+                first_bad_step = torch.where(
+                    (~finite) & (first_bad_step < 0) & (not config.skip_nonfinite),
+                    torch.full_like(first_bad_step, step), first_bad_step,
+                )  # fmt: skip
+                loss_sum += loss.detach()
+                collapse_sum += stats["collapse_std"]
+                window_steps += 1
+                done = step + 1
+                epoch_end = done % self.steps_per_epoch == 0
+                should_log = done % config.log_every == 0 or done == self.end_step or epoch_end
+                if should_log:
+                    self._raise_if_nonfinite(first_bad_step, checkpoints)
+                    elapsed = time.perf_counter() - window_start
+                    images_per_s = window_steps * config.batch_size / max(elapsed, 1e-9)
+                    last_loss = self.dist.mean(loss_sum).item() / window_steps
+                    collapse = self.dist.mean(collapse_sum).item() / window_steps
+                    record = {
+                        "step": done, "epoch": done / self.steps_per_epoch, "loss": last_loss,
+                        "lr": self.optimizer.param_groups[0]["lr"],
+                        "tau": target_decay(step, self.total_steps, config.target_decay),
+                        "collapse_std": collapse, "images_per_s": images_per_s,
+                        "seconds": time.perf_counter() - run_start,
+                    }  # fmt: skip
+                    if skipped:
+                        record["skipped_steps"] = skipped
+                    if writer:
+                        writer.write(record)
+                    if progress is not None:
+                        progress.set_postfix(
+                            loss=f"{last_loss:.4f}", lr=f"{record['lr']:.3g}",
+                            tau=f"{record['tau']:.4f}", img_s=f"{images_per_s:.0f}",
+                        )  # fmt: skip
+                    if collapse < COLLAPSE_WARNING and self.is_main:
+                        warnings.warn(
+                            f"step {done}: representations are collapsing (std of normalised "
+                            f"projections x sqrt(d) = {collapse:.3f}, healthy is ~1)",
+                            stacklevel=2,
+                        )
+                    loss_sum.zero_()
+                    collapse_sum.zero_()
+                    window_start, window_steps = time.perf_counter(), 0
+                if progress is not None:
+                    progress.update(1)
+                if (
+                    epoch_end and config.knn_every and bank is not None
+                    and (done // self.steps_per_epoch) % config.knn_every == 0
+                ):  # fmt: skip
+                    knn_top1 = self._knn_monitor(bank, queries, done, writer)
+                    knn_step = done
+                    window_start = time.perf_counter()
+                if config.time_limit and time.perf_counter() - run_start > config.time_limit * 60:
+                    self._stop_reason = f"time limit of {config.time_limit} min reached"
+                stop_now = self.dist.any(self._stop_reason is not None)
+                if done % config.checkpoint_every == 0 or done == self.end_step or stop_now:
+                    self._raise_if_nonfinite(first_bad_step, checkpoints)
+                    if self.is_main:
+                        last_checkpoint = checkpoints.save(self._payload(done), done)
+                    self.dist.barrier()
+                if stop_now:
+                    if self._stop_reason is None:
+                        self._stop_reason = "another rank asked to stop"
+                    step = done
+                    break
+            else:
+                step = self.end_step
+            finished = step >= self.total_steps
+            if finished and bank is not None and knn_step != self.total_steps:
+                knn_top1 = self._knn_monitor(bank, queries, self.total_steps, writer)
+        finally:
+            _restore_stop_handler(previous_handler)
+            if progress is not None:
+                progress.close()
+            if writer:
+                writer.close()
+
+        result = RunResult(
+            out=self.out, step=max(step, start_step), total_steps=self.total_steps,
+            loss=last_loss, knn_top1=knn_top1, checkpoint=last_checkpoint,
+            stopped_early=self._stop_reason,
+        )  # fmt: skip
+        if self.is_main:
+            summary = {
+                "step": result.step, "total_steps": result.total_steps, "loss": result.loss,
+                "knn_top1": result.knn_top1, "stopped_early": result.stopped_early,
+                "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+                "seconds": time.perf_counter() - run_start,
+            }  # fmt: skip
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return result
+
+    def _step(
+        self, images: torch.Tensor, step: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One optimizer step (``accumulate`` micro-batches), then the target update."""
+        config = self.config
+        lr = warmup_cosine_lr(step, self.total_steps, self.peak_lr, self.warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        images = images.to(self.device, non_blocking=True)
+        micro_batches = images.chunk(config.accumulate)
+        total_loss = torch.zeros((), device=self.device)
+        stats: dict[str, torch.Tensor] = {}
+        for index, micro in enumerate(micro_batches):
+            view1, view2 = self.augment(micro, generator=self.generator)
+            if config.channels_last:
+                view1 = view1.contiguous(memory_format=torch.channels_last)
+                view2 = view2.contiguous(memory_format=torch.channels_last)
+            sync = self.dist.no_sync(self.forward) if index < len(micro_batches) - 1 else None
+            with sync or contextlib.nullcontext(), torch.autocast(
+                self.device.type, dtype=self.autocast_dtype or torch.float32,
+                enabled=self.autocast_dtype is not None,
+            ):  # fmt: skip
+                loss, stats = self.forward(view1, view2, return_stats=True)
+                self.scaler.scale(loss / len(micro_batches)).backward()
+            total_loss += loss.detach() / len(micro_batches)
+        if config.skip_nonfinite and not bool(torch.isfinite(total_loss)):
+            self.optimizer.zero_grad(set_to_none=True)
+            return total_loss, stats
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model.update_target(target_decay(step, self.total_steps, config.target_decay))
+        return total_loss, stats
+
+    def _raise_if_nonfinite(self, first_bad_step: torch.Tensor, checkpoints) -> None:
+        bad = int(self.dist.max(first_bad_step).item())
+        if bad >= 0:
+            last = checkpoints.last if checkpoints.exists() else None
+            where = f"; the last good checkpoint is {last}" if last else ""
+            raise ByolError(
+                f"training diverged: the loss became non-finite at step {bad + 1}{where}. "
+                "Lower --base-lr, check the data, or pass --skip-nonfinite to skip such steps"
+            )
+
+    def _knn_monitor(self, bank, queries, step, writer) -> float:
+        from .evaluate import extract_features, knn_accuracy
+
+        encoder = self.model.online_encoder
+        bank_features = extract_features(
+            encoder, bank.images, mean=self.mean, std=self.std, size=self.image_size,
+            device=self.device,
+        )  # fmt: skip
+        query_features = extract_features(
+            encoder, queries.images, mean=self.mean, std=self.std, size=self.image_size,
+            device=self.device,
+        )  # fmt: skip
+        result = knn_accuracy(
+            bank_features, bank.labels, query_features, queries.labels,
+            k=self.config.knn_k, temperature=self.config.knn_temperature,
+        )  # fmt: skip
+        if writer:
+            writer.write({"step": step, "epoch": step / self.steps_per_epoch,
+                          "knn_top1": result["top1"], "knn_bank": len(bank),
+                          "knn_queries": len(queries)})  # fmt: skip
+        return float(result["top1"])
+
+    def request_stop(self, reason: str) -> None:
+        """Finish the current step, write a checkpoint and return (used for SIGTERM/SIGINT)."""
+        self._stop_reason = reason
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _progress(enabled: bool, start: int, end: int, forced: bool | None):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    # disable=None: quiet when stderr is not a terminal, unless progress was forced on.
+    return tqdm(total=end, initial=start, unit="step", dynamic_ncols=True,
+                disable=None if forced is None else not forced)  # fmt: skip
+
+
+def _install_stop_handler(trainer: Trainer):
+    if sys.platform == "win32":
+        return None
+    try:
+        previous = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, lambda *_: trainer.request_stop("SIGTERM received"))
+        return previous
+    except ValueError:  # not in the main thread
+        return None
+
+
+def _restore_stop_handler(previous) -> None:
+    if previous is not None:
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _MetricsWriter:
+    """metrics.jsonl (one JSON object per line, flushed) and TensorBoard scalars."""
+
+    def __init__(self, out: Path, tensorboard: bool) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        self.file = open(out / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out / "tb"))
+            except ImportError:
+                warnings.warn(
+                    "tensorboard is not installed; writing metrics.jsonl only", stacklevel=2
+                )
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, int | float):
+                    self.tb.add_scalar(f"train/{key}", value, record["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def train(config: TrainConfig, *, show_progress: bool | None = None) -> RunResult:
+    """Run (or resume) the training described by ``config``."""
+    return Trainer(config, show_progress=show_progress).fit()
