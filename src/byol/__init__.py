@@ -14,6 +14,7 @@ The public surface::
 __version__ = "0.1.0"
 
 from . import backbones
+from .checkpoint import load_checkpoint
 from .errors import ByolError, CheckpointError, ConfigError, DataError
 from .model import BYOL, MLPHead, collapse_std, regression_loss
 from .optim import LARS, param_groups
@@ -30,6 +31,7 @@ __all__ = [
     "__version__",
     "backbones",
     "collapse_std",
+    "load_checkpoint",
     "param_groups",
     "regression_loss",
     "target_decay",

@@ -96,34 +96,35 @@ def _hue_value_chroma(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
     value = x.amax(dim=1)
     chroma = value - x.amin(dim=1)
     # Hue sector by which channel holds the maximum; ties resolve red, then green, then blue.
-    is_red = (red == value).to(x.dtype)
-    is_green = (green == value).to(x.dtype) * (1.0 - is_red)
-    is_blue = 1.0 - is_red - is_green
-    # In sixths of a turn: red max (g - b) / C, green max 2 + (b - r) / C, blue max 4 + (r - g) / C.
-    sixths = (
-        is_red * (green - blue)
-        + is_green * (blue - red + 2.0 * chroma)
-        + is_blue * (red - green + 4.0 * chroma)
-    )
+    # sign(V - c) is 1 where channel c is below the maximum, 0 where it is the maximum.
+    below_red = torch.sign(value - red)
+    below_green = torch.sign(value - green)
+    is_blue = below_red * below_green
+    is_green = below_red - is_blue
+    # In sixths of a turn: red max (g - b) / C, green max 2 + (b - r) / C, blue max 4 + (r - g) / C,
+    # written as the red-branch numerator plus masked differences to the other two.
+    to_green = (blue * 2.0).sub_(red).sub_(green).add_(chroma, alpha=2.0)  # (b-r+2C) - (g-b)
+    to_blue = (red + blue).sub_(green, alpha=2.0).add_(chroma, alpha=4.0)  # (r-g+4C) - (g-b)
+    sixths = (green - blue).addcmul_(is_green, to_green).addcmul_(is_blue, to_blue)
     # Grey pixels (C = 0) have a zero numerator (all channels equal, red branch): hue 0.
     hue = sixths.div_(chroma.clamp(min=1e-12)).div_(6.0)
     return _wrap(hue), value, chroma
 
 
 def _wrap(turns: torch.Tensor) -> torch.Tensor:
-    """Reduce to [0, 1) (values of a few turns either side)."""
+    """Reduce to [0, 1) in place (values of a few turns either side)."""
     return turns.sub_(torch.floor(turns))
 
 
 def _rgb_from_hue(hue: torch.Tensor, value: torch.Tensor, chroma: torch.Tensor) -> torch.Tensor:
-    """RGB ``(N, 3, H, W)`` from hue in [0, 1), value and chroma (= V S), each of shape (N, H, W).
+    """RGB ``(N, 3, H, W)`` from hue (turns, any real), value and chroma (= V S), each (N, H, W).
 
-    c_n = V - C clamp(min(k, 4 - k), 0, 1) with k = (n + 6 H) mod 6 and n = 5, 3, 1 for R, G, B;
-    min(k, 4 - k) is written 2 - |k - 2| and the mod as k - 6 floor(k / 6).
+    Channel n (n = 5, 3, 1 for R, G, B) is c_n = V - C clamp(min(k, 4 - k), 0, 1) with
+    k = (n + 6 H) mod 6; min(k, 4 - k) = 2 - |k - 2| = 2 - 6 |frac(H + n / 6) - 1/3|.
     """
     offsets = torch.tensor(_HSV_OFFSETS, dtype=hue.dtype, device=hue.device).view(1, 3, 1, 1)
-    k = _wrap(hue.unsqueeze(1) + offsets / 6.0).mul_(6.0)
-    ramp = k.sub_(2.0).abs_().neg_().add_(2.0).clamp_(0.0, 1.0)
+    turns = _wrap(hue.unsqueeze(1) + offsets / 6.0)
+    ramp = turns.sub_(1.0 / 3.0).abs_().mul_(-6.0).add_(2.0).clamp_(0.0, 1.0)
     return torch.addcmul(value.unsqueeze(1), chroma.unsqueeze(1), ramp, value=-1.0)
 
 
@@ -143,7 +144,7 @@ def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
     """Convert an HSV batch ``(N, 3, H, W)`` (all components in [0, 1]) to RGB in [0, 1]."""
     _require_rgb(x, "hsv_to_rgb")
     hue, saturation, value = x.unbind(dim=1)
-    return _rgb_from_hue(_wrap(hue.clone()), value, value * saturation).clamp_(0.0, 1.0)
+    return _rgb_from_hue(hue, value, value * saturation).clamp_(0.0, 1.0)
 
 
 def adjust_hue(x: torch.Tensor, shift: torch.Tensor | float) -> torch.Tensor:
@@ -158,7 +159,7 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor | float) -> torch.Tensor:
         hue = hue.add_(shift.to(device=x.device, dtype=x.dtype).view(-1, 1, 1))
     else:
         hue = hue.add_(float(shift))
-    return _rgb_from_hue(_wrap(hue), value, chroma).clamp_(0.0, 1.0)
+    return _rgb_from_hue(hue, value, chroma).clamp_(0.0, 1.0)
 
 
 def to_grayscale(x: torch.Tensor) -> torch.Tensor:
@@ -187,17 +188,17 @@ def blur_kernel_size(side: int) -> int:
 
 
 def gaussian_kernel1d(sigma: torch.Tensor | float, size: int) -> torch.Tensor:
-    """Normalised 1-D Gaussian kernels, one per sigma: shape ``(N, size)`` (``(size,)`` for a float).
+    """Normalised 1-D Gaussian kernels, one per sigma: ``(N, size)``; ``(size,)`` for a scalar.
 
     ``size`` must be odd; tap ``t`` (centred, ``-size//2 .. size//2``) has weight
     ``exp(-t^2 / (2 sigma^2))`` before the weights are divided by their sum.
     """
     if size < 1 or size % 2 == 0:
         raise ValueError(f"Gaussian kernel size must be odd and positive, got {size}")
-    scalar = not isinstance(sigma, torch.Tensor)
-    sigma_t = torch.as_tensor(sigma, dtype=torch.get_default_dtype()).reshape(-1, 1)
+    scalar = not isinstance(sigma, torch.Tensor) or sigma.dim() == 0
+    sigma_t = torch.as_tensor(sigma).reshape(-1, 1)
     if not sigma_t.is_floating_point():
-        sigma_t = sigma_t.float()
+        sigma_t = sigma_t.to(torch.get_default_dtype())
     radius = size // 2
     taps = torch.arange(-radius, radius + 1, dtype=sigma_t.dtype, device=sigma_t.device)
     weights = torch.exp(-(taps * taps) / (2.0 * sigma_t * sigma_t))
@@ -214,7 +215,7 @@ def gaussian_blur(
     slices of the padded batch weighted by per-sample taps; on the CPU this is several times
     faster than a grouped convolution with one group per sample and channel.
     """
-    n, c, h, w = x.shape
+    n, _, h, w = x.shape
     size_h, size_w = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
     if not isinstance(sigma, torch.Tensor):
         sigma = torch.full((n,), float(sigma))

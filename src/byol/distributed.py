@@ -49,10 +49,13 @@ class Single:
         return contextlib.nullcontext()
 
 
-def current() -> Single:
-    """The context of this process: distributed when launched by torchrun (WORLD_SIZE > 1)."""
+def current(device: str = "auto") -> Single:
+    """The context of this process: distributed when launched by torchrun (WORLD_SIZE > 1).
+
+    ``device`` is the ``--device`` setting; under torchrun it picks CUDA (nccl) or CPU (gloo).
+    """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from .ddp import Distributed
 
-        return Distributed.from_environment()
+        return Distributed.from_environment(device)
     return Single()

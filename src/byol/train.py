@@ -95,7 +95,7 @@ class Trainer:
         from . import distributed
 
         self.config = config
-        self.dist = distributed.current()
+        self.dist = distributed.current(config.device)
         self.is_main = self.dist.rank == 0
         self.out = Path(config.out)
         self.show_progress = show_progress
@@ -150,6 +150,8 @@ class Trainer:
         height, width = data.image_size
         self.image_size = config.image_size or min(height, width)
         small = config.small_images
+        # Same seed, same initial weights on every rank (and in a resumed run's first build).
+        torch.manual_seed(config.seed)
         if small is None:
             small = backbones.default_small_images(self.image_size)
         encoder, feature_dim = backbones.build(
@@ -211,7 +213,11 @@ class Trainer:
             yield self.dist.shard(indices)
 
     # ------------------------------------------------------------------ checkpoints
-    def _payload(self, step: int) -> dict[str, Any]:
+    def _payload(
+        self, step: int, augment_states: list[torch.Tensor] | None = None
+    ) -> dict[str, Any]:
+        if augment_states is None:  # a collective: under DDP every rank must gather
+            augment_states = self.dist.gather_generator_states(self.generator.get_state())
         return {
             "format": 1,
             "model": self.model.state_dict(),
@@ -222,7 +228,7 @@ class Trainer:
             "batch_in_epoch": step % self.steps_per_epoch,
             "total_steps": self.total_steps,
             "rng": {
-                "augment": self.dist.gather_generator_states(self.generator.get_state()),
+                "augment": augment_states,
                 "torch": torch.get_rng_state(),
             },
             "config": self.config.to_dict(),
@@ -291,6 +297,13 @@ class Trainer:
                 print(
                     f"byol: resuming {self.out} from {path} at step {start_step}", file=sys.stderr
                 )
+        if self.dist.enabled and self.dist.any(
+            int(self.dist.max(torch.tensor(start_step)).item()) != start_step
+        ):
+            raise ConfigError(
+                f"the processes resumed {self.out} from different steps (this one from step "
+                f"{start_step}); every node must see the same run folder (a shared file system)"
+            )
 
         writer = _MetricsWriter(self.out, tensorboard=config.tensorboard) if self.is_main else None
         if self.is_main:
@@ -378,8 +391,9 @@ class Trainer:
                 stop_now = self.dist.any(self._stop_reason is not None)
                 if done % config.checkpoint_every == 0 or done == self.end_step or stop_now:
                     self._raise_if_nonfinite(first_bad_step, checkpoints)
+                    states = self.dist.gather_generator_states(self.generator.get_state())
                     if self.is_main:
-                        last_checkpoint = checkpoints.save(self._payload(done), done)
+                        last_checkpoint = checkpoints.save(self._payload(done, states), done)
                     self.dist.barrier()
                 if stop_now:
                     if self._stop_reason is None:

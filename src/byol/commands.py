@@ -1,0 +1,195 @@
+"""The ``eval``, ``embed``, ``export`` and ``report`` commands: argument parsing only.
+
+Each ``register`` adds a sub-parser whose handler calls one library function
+(:mod:`byol.evaluation_run`, :mod:`byol.handover`, :mod:`byol.report`) and prints its result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+__all__ = ["COMMANDS"]
+
+_CHECKPOINT_HELP = "a byol checkpoint (RUN/checkpoints/last.pt) or a run folder"
+_DATA_HELP = (
+    "dataset name or path (default: the dataset the checkpoint was trained on); see byol train"
+)
+
+
+def _add_checkpoint_and_data(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, metavar="PATH", help=_CHECKPOINT_HELP)
+    parser.add_argument("--data", default=None, metavar="NAME", help=_DATA_HELP)
+    parser.add_argument("--data-root", default=None, metavar="DIR",
+                        help="folder holding the dataset files")  # fmt: skip
+    parser.add_argument("--device", default=None, metavar="DEVICE",
+                        help="cpu, cuda, cuda:1 ... (default: cuda when available)")  # fmt: skip
+    parser.add_argument("--batch-size", type=int, default=512, metavar="N",
+                        help="images per encoder forward pass (default: 512)")  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------ eval
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from .evaluation_run import results_table, run_evaluation
+
+    result = run_evaluation(
+        args.checkpoint, data=args.data, data_root=args.data_root, protocol=args.protocol,
+        baselines=args.baseline or (), augmented=args.augmented, epochs=args.epochs,
+        seed=args.seed, device=args.device, batch_size=args.batch_size, quiet=args.json,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    sizes = result["split_sizes"]
+    print(f"{result['dataset']}: {sizes['train']} train ({sizes['val']} of them held out for the "
+          f"learning rate) / {sizes['test']} test images; checkpoint step {result['step']}; "
+          f"{result['seconds']:.1f}s\n")  # fmt: skip
+    print(results_table(result), end="")
+    if "written_to" in result:
+        print(f"\nwritten to {result['written_to']}")
+    return 0
+
+
+def register_eval(commands: Any) -> None:
+    parser = commands.add_parser(
+        "eval", help="linear probe / k-NN of a checkpoint's frozen encoder, with baselines",
+        description="Evaluate the frozen online encoder of a checkpoint on a labelled dataset: "
+        "linear probe (learning rate chosen on a part held out from the training split) and/or "
+        "weighted k-NN (k=200 and 20, T=0.1), optionally against baselines under the same "
+        "protocol. Results also go to RUN/eval.json.",
+    )  # fmt: skip
+    _add_checkpoint_and_data(parser)
+    parser.add_argument("--protocol", choices=("linear", "knn", "all"), default="all",
+                        help="evaluation protocol (default: all)")  # fmt: skip
+    parser.add_argument("--baseline", action="append", choices=("random-init", "pixels"),
+                        metavar="{random-init,pixels}",
+                        help="also evaluate this baseline (repeatable)")  # fmt: skip
+    parser.add_argument("--augmented", action="store_true",
+                        help="linear probe on augmented images (crop + flip) every epoch "
+                        "instead of pre-computed features (slow on CPU)")  # fmt: skip
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="linear-probe epochs (default: 100, augmented 80)")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the held-out split, batches and random-init "
+                        "(default: 0)")  # fmt: skip
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object instead of a table")  # fmt: skip
+    parser.set_defaults(handler=_run_eval)
+
+
+# ------------------------------------------------------------------------------------ embed
+
+
+def _run_embed(args: argparse.Namespace) -> int:
+    from .handover import embed
+
+    result = embed(
+        args.checkpoint, args.out, data=args.data, data_root=args.data_root, split=args.split,
+        batch_size=args.batch_size, device=args.device,
+    )  # fmt: skip
+    print(f"byol: embeddings      {result.features} shape {result.shape[0]}x{result.shape[1]}")
+    if result.labels is not None:
+        print(f"byol: labels          {result.labels}")
+    if result.paths is not None:
+        print(f"byol: source paths    {result.paths}")
+    return 0
+
+
+def register_embed(commands: Any) -> None:
+    parser = commands.add_parser(
+        "embed", help="write encoder features of every image to a .npy file",
+        description="Features of the frozen online encoder for every image of a dataset split, "
+        "in the dataset's order, to OUT (.npy, float32, N x D), with OUT-stem.labels.npy "
+        "(labels, -1 = unlabelled) and, for image folders, OUT-stem.paths.txt.",
+    )  # fmt: skip
+    _add_checkpoint_and_data(parser)
+    parser.add_argument("--split", default="train",
+                        help="train | test (STL-10 also unlabeled, train+unlabeled; "
+                        "default: train)")  # fmt: skip
+    parser.add_argument("--out", required=True, metavar="FILE.npy", help="feature file to write")
+    parser.set_defaults(handler=_run_embed)
+
+
+# ------------------------------------------------------------------------------------ export
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from .handover import export_encoder
+
+    result = export_encoder(args.checkpoint, args.out, layout=args.format)
+    meta = result.metadata
+    print(f"byol: weights         {result.weights} ({result.layout} layout, "
+          f"{result.num_tensors} tensors, {result.num_parameters:,} parameters)")  # fmt: skip
+    print(f"byol: metadata        {result.sidecar}")
+    print(f"byol: encoder         {meta['arch']} small_images={meta['small_images']} "
+          f"in_channels={meta['in_channels']} feature_dim={meta['feature_dim']} "
+          f"image_size={meta['image_size']}")  # fmt: skip
+    return 0
+
+
+def register_export(commands: Any) -> None:
+    parser = commands.add_parser(
+        "export", help="export the online encoder to .safetensors (+ JSON metadata)",
+        description="Write the online encoder's weights with safetensors. torchvision format "
+        "(ResNets): the keys of the torchvision model without fc, for "
+        "load_state_dict(strict=True) after fc = nn.Identity() and the same stem; byol format: "
+        "the state_dict of byol.backbones.build(arch, ...) (any architecture). Metadata goes "
+        "in the file header and in a sidecar OUT-stem.json.",
+    )  # fmt: skip
+    parser.add_argument("--checkpoint", required=True, metavar="PATH", help=_CHECKPOINT_HELP)
+    parser.add_argument("--out", required=True, metavar="FILE.safetensors",
+                        help="weights file to write")  # fmt: skip
+    parser.add_argument("--format", choices=("torchvision", "byol"), default="torchvision",
+                        help="key layout (default: torchvision)")  # fmt: skip
+    parser.set_defaults(handler=_run_export)
+
+
+# ------------------------------------------------------------------------------------ report
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from .report import make_report
+
+    result = make_report(
+        args.run_dir, out=args.out, data_root=args.data_root, device=args.device,
+        tsne_points=args.tsne_points, bank_size=args.bank_size,
+    )  # fmt: skip
+    print(f"byol: report          {result.report}")
+    for figure in result.figures:
+        print(f"byol: figure          {figure}")
+    for note in result.notes:
+        print(f"byol: note            {note}")
+    return 0
+
+
+def register_report(commands: Any) -> None:
+    parser = commands.add_parser(
+        "report", help="Markdown report with plots of a run folder",
+        description="Write RUN_DIR/report/report.md with PNG plots: loss, learning rate and tau "
+        "over steps; k-NN accuracy and the collapse metric; a t-SNE map of test embeddings; a "
+        "retrieval grid; the table of RUN_DIR/eval.json when present.",
+    )  # fmt: skip
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a byol train run folder")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="output folder (default: RUN_DIR/report)")  # fmt: skip
+    parser.add_argument("--data-root", default=None, metavar="DIR",
+                        help="folder holding the dataset files (default: the run's)")  # fmt: skip
+    parser.add_argument("--device", default=None, metavar="DEVICE",
+                        help="cpu, cuda ... (default: cuda when available)")  # fmt: skip
+    parser.add_argument("--tsne-points", type=int, default=2000, metavar="N",
+                        help="test embeddings in the t-SNE map (default: 2000)")  # fmt: skip
+    parser.add_argument("--bank-size", type=int, default=10000, metavar="N",
+                        help="training images searched for the retrieval grid "
+                        "(default: 10000)")  # fmt: skip
+    parser.set_defaults(handler=_run_report)
+
+
+COMMANDS: list[tuple[str, Any]] = [
+    ("eval", register_eval),
+    ("embed", register_embed),
+    ("export", register_export),
+    ("report", register_report),
+]

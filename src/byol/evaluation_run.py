@@ -1,0 +1,302 @@
+"""``byol eval``: evaluate a checkpoint's frozen encoder, with baselines, in one table.
+
+:func:`run_evaluation` loads the labelled train and test splits, computes the features of the
+checkpoint's online encoder (and of each baseline) once, and runs the requested protocols from
+:mod:`byol.evaluate`:
+
+* ``linear`` - linear probe on pre-computed features (learning rate chosen on a part held out
+  from the training split, never the test split), or with ``augmented=True`` on freshly
+  augmented training images every epoch (random resized crop + flip; much slower);
+* ``knn`` - weighted cosine k-NN, k = 200 and k = 20, temperature 0.1, training split as the
+  memory bank and test split as queries.
+
+Baselines under the same protocols: ``random-init`` (same architecture and stem, initialised
+from ``seed``, never trained) and ``pixels`` (the normalised raw pixels as features).
+
+The result is a JSON-serialisable dict; when the checkpoint lies in a run folder it is also
+written to ``RUN/eval.json`` (rows of earlier evaluations of the same checkpoint and dataset
+that this one did not redo are kept), which ``byol report`` turns into its table.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import backbones
+from .errors import ConfigError, DataError
+from .handover import (
+    EncoderInfo,
+    encode_dataset,
+    load_data_for,
+    load_encoder,
+    resolve_checkpoint,
+    run_folder_of,
+)
+
+__all__ = ["BASELINES", "KNN_KS", "PROTOCOLS", "results_table", "run_evaluation"]
+
+PROTOCOLS: tuple[str, ...] = ("linear", "knn", "all")
+BASELINES: tuple[str, ...] = ("random-init", "pixels")
+KNN_KS: tuple[int, ...] = (200, 20)
+KNN_TEMPERATURE = 0.1
+EVAL_FILE = "eval.json"
+
+
+def _say(message: str, quiet: bool) -> None:
+    if not quiet:
+        print(f"byol eval: {message}", file=sys.stderr, flush=True)
+
+
+def _labelled(dataset, name: str, split: str):
+    labels = dataset.labels
+    if labels is None:
+        raise DataError(f"dataset {name!r} split {split!r} has no labels; eval needs labels")
+    keep = labels >= 0
+    if not bool(keep.all()):
+        dataset = dataset.subset(torch.nonzero(keep).flatten())
+    if len(dataset) == 0:
+        raise DataError(f"dataset {name!r} split {split!r} has no labelled images")
+    return dataset
+
+
+def _random_init_encoder(info: EncoderInfo, seed: int, device: torch.device) -> nn.Module:
+    # fork_rng: the baseline's initialisation is fixed by `seed` without touching the caller's
+    # global random state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        encoder, _ = backbones.build(
+            info.arch, small_images=info.small_images, in_channels=info.in_channels
+        )
+    return encoder.to(device).eval()
+
+
+def _knn_rows(
+    name: str, train: torch.Tensor, train_y: torch.Tensor, test: torch.Tensor,
+    test_y: torch.Tensor,
+) -> list[dict[str, Any]]:  # fmt: skip
+    from .evaluate import knn_accuracy
+
+    rows = []
+    for k in KNN_KS:
+        started = time.perf_counter()
+        result = knn_accuracy(train, train_y, test, test_y, k=k, temperature=KNN_TEMPERATURE)
+        rows.append({
+            "name": name, "protocol": "knn", "k": result["k"],
+            "temperature": KNN_TEMPERATURE, "top1": result["top1"], "top5": result["top5"],
+            "learning_rate": None, "seconds": time.perf_counter() - started,
+        })  # fmt: skip
+    return rows
+
+
+def _linear_row(name: str, result: dict[str, Any], augmented: bool) -> dict[str, Any]:
+    return {
+        "name": name,
+        "protocol": "linear-augmented" if augmented else "linear",
+        "top1": result["top1"],
+        "top5": result["top5"],
+        "learning_rate": result["learning_rate"],
+        "val_top1_by_lr": {str(k): v for k, v in result["val_top1_by_lr"].items()},
+        "epochs": result["epochs"],
+        "n_val": result["n_val"],
+        "seconds": result["seconds"],
+    }
+
+
+def run_evaluation(
+    checkpoint: str | Path,
+    *,
+    data: str | None = None,
+    data_root: str | Path | None = None,
+    protocol: str = "all",
+    baselines: Sequence[str] = (),
+    augmented: bool = False,
+    epochs: int | None = None,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    batch_size: int = 512,
+    write_run_file: bool = True,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Evaluate the online encoder of ``checkpoint`` (and ``baselines``) with ``protocol``.
+
+    Args:
+        checkpoint: a ``byol train`` checkpoint, or a run folder (its ``checkpoints/last.pt``).
+        data, data_root: the labelled dataset; default: the one the checkpoint was trained on.
+        protocol: ``linear``, ``knn`` or ``all``.
+        baselines: any of ``random-init`` and ``pixels``.
+        augmented: linear probe on augmented images (random resized crop + flip) instead of
+            pre-computed features.
+        epochs: linear-probe epochs (default: 100 on pre-computed features, 80 augmented).
+        seed: seeds the held-out split, minibatch order, augmentations and the random-init
+            encoder.
+        write_run_file: also write ``RUN/eval.json`` when the checkpoint is in a run folder.
+        quiet: no progress lines on stderr.
+
+    Returns:
+        ``{"checkpoint", "step", "arch", "dataset", "protocol", "augmented", "split_sizes":
+        {"train", "val", "test"}, "top1", "top5", "learning_rate", "seconds", "rows": [...]}``
+        where the top-level scores are those of the first row (the checkpoint's encoder under
+        the first protocol) and each row is ``{"name", "protocol", "top1", "top5",
+        "learning_rate", "seconds", ...}`` (k-NN rows add ``k`` and ``temperature``).
+    """
+    from .evaluate import linear_probe, linear_probe_augmented, pixel_features
+
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise ConfigError(
+            f"unknown --baseline {unknown[0]!r}; choose from {', '.join(BASELINES)}"
+        )
+    if epochs is not None and epochs < 1:
+        raise ConfigError(f"--epochs must be >= 1, got {epochs}")
+    baselines = list(dict.fromkeys(baselines))
+    started = time.perf_counter()
+    run_device = torch.device(device) if device is not None else _auto_device()
+    checkpoint = resolve_checkpoint(checkpoint)
+    encoder, info = load_encoder(checkpoint, device=run_device)
+    name = data if data is not None else info.data
+    train_set = _labelled(load_data_for(info, data, data_root=data_root, split="train"),
+                          str(name), "train")  # fmt: skip
+    test_set = _labelled(load_data_for(info, data, data_root=data_root, split="test"),
+                         str(name), "test")  # fmt: skip
+    if augmented and (train_set.images is None or test_set.images is None):
+        raise DataError(
+            f"--augmented needs the dataset in memory; {name!r} is streamed from disk "
+            "(use the default pre-computed protocol)"
+        )
+    train_y, test_y = train_set.labels, test_set.labels
+    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    _say(f"{name}: {len(train_set)} train / {len(test_set)} test images, {num_classes} classes, "
+         f"encoder {info.arch} from {checkpoint} (step {info.step})", quiet)  # fmt: skip
+    probe_options: dict[str, Any] = {"seed": seed, "num_classes": num_classes,
+                                     "device": run_device}  # fmt: skip
+    if epochs is not None:
+        probe_options["epochs"] = epochs
+
+    encoders: list[tuple[str, nn.Module | None]] = [("byol", encoder)]
+    if "random-init" in baselines:
+        encoders.append(("random-init", _random_init_encoder(info, seed, run_device)))
+    if "pixels" in baselines:
+        encoders.append(("pixels", None))
+
+    rows: list[dict[str, Any]] = []
+    n_val = 0
+    for row_name, model in encoders:
+        features: Callable[[Any], torch.Tensor]
+        if model is None:
+            def features(dataset):
+                return pixel_features(dataset.images, mean=info.mean, std=info.std)
+        else:
+            def features(dataset, model=model):
+                return encode_dataset(model, dataset, info, batch_size=batch_size,
+                                      device=run_device)  # fmt: skip
+        need_features = protocol in ("knn", "all") or not augmented
+        if model is None and (train_set.images is None or test_set.images is None):
+            raise DataError(f"the pixels baseline needs {name!r} in memory; it is streamed")
+        if need_features:
+            tick = time.perf_counter()
+            train_features, test_features = features(train_set), features(test_set)
+            _say(f"{row_name}: features {tuple(train_features.shape)} in "
+                 f"{time.perf_counter() - tick:.1f}s", quiet)  # fmt: skip
+        if protocol in ("linear", "all"):
+            if augmented:
+                result = linear_probe_augmented(
+                    model if model is not None else nn.Flatten(1), train_set.images, train_y,
+                    test_set.images, test_y, mean=info.mean, std=info.std,
+                    size=info.image_size, encode_batch_size=batch_size, **probe_options,
+                )  # fmt: skip
+            else:
+                result = linear_probe(train_features, train_y, test_features, test_y,
+                                      **probe_options)  # fmt: skip
+            n_val = result["n_val"]
+            rows.append(_linear_row(row_name, result, augmented))
+            _say(f"{row_name}: linear top-1 {100 * result['top1']:.2f}% "
+                 f"(lr {result['learning_rate']:g}, {result['seconds']:.1f}s)", quiet)  # fmt: skip
+        if protocol in ("knn", "all"):
+            knn = _knn_rows(row_name, train_features, train_y, test_features, test_y)
+            rows.extend(knn)
+            _say(f"{row_name}: k-NN top-1 " + ", ".join(
+                f"k={r['k']}: {100 * r['top1']:.2f}%" for r in knn), quiet)  # fmt: skip
+
+    first = rows[0]
+    result = {
+        "checkpoint": str(checkpoint),
+        "step": info.step,
+        "arch": info.arch,
+        "dataset": str(name),
+        "protocol": protocol,
+        "augmented": augmented,
+        "seed": seed,
+        "split_sizes": {"train": len(train_set), "val": n_val, "test": len(test_set)},
+        "num_classes": num_classes,
+        "top1": first["top1"],
+        "top5": first["top5"],
+        "learning_rate": first["learning_rate"],
+        "seconds": time.perf_counter() - started,
+        "rows": rows,
+    }
+    run_folder = run_folder_of(checkpoint)
+    if write_run_file and run_folder is not None:
+        result["written_to"] = str(_write_run_file(run_folder / EVAL_FILE, result))
+    return result
+
+
+def _row_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    return row.get("name"), row.get("protocol"), row.get("k")
+
+
+def _write_run_file(path: Path, result: dict[str, Any]) -> Path:
+    """Write ``result`` to ``path``, keeping rows of an earlier evaluation of the same
+    checkpoint step and dataset that this one did not redo."""
+    rows = list(result["rows"])
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        previous = None
+    if (
+        isinstance(previous, dict)
+        and previous.get("step") == result["step"]
+        and previous.get("dataset") == result["dataset"]
+    ):
+        redone = {_row_key(row) for row in rows}
+        rows += [row for row in previous.get("rows", []) if _row_key(row) not in redone]
+    try:
+        path.write_text(json.dumps({**result, "rows": rows}, indent=2) + "\n")
+    except OSError as error:
+        raise DataError(f"cannot write {path}: {error.strerror}") from None
+    return path
+
+
+def _protocol_label(row: dict[str, Any]) -> str:
+    if row.get("protocol") == "knn":
+        return f"k-NN (k={row.get('k')}, T={row.get('temperature', KNN_TEMPERATURE):g})"
+    if row.get("protocol") == "linear-augmented":
+        return "linear (augmented)"
+    return str(row.get("protocol", ""))
+
+
+def results_table(result: dict[str, Any]) -> str:
+    """The Markdown table of an evaluation result (rows sorted by protocol, then name)."""
+    from .evaluate import format_results_table
+
+    order = {"linear": 0, "linear-augmented": 1, "knn": 2}
+    names = {"byol": 0, "random-init": 1, "pixels": 2}
+    rows = sorted(
+        result.get("rows", []),
+        key=lambda r: (order.get(r.get("protocol"), 9), -(r.get("k") or 0),
+                       names.get(r.get("name"), 9)),
+    )  # fmt: skip
+    return format_results_table([{**row, "protocol": _protocol_label(row)} for row in rows])
+
+
+def _auto_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

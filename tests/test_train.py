@@ -1,0 +1,134 @@
+"""`byol train` end to end on small real data, exact resume, config errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from byol import ConfigError, load_checkpoint
+from byol.cli import main
+from byol.config import load_config, resolve
+from byol.train import train
+
+TINY = {
+    "data": "digits", "arch": "convnet", "hidden_dim": 64, "projection_dim": 32,
+    "batch_size": 32, "epochs": 1, "warmup_epochs": 0.2, "knn_every": 0, "tensorboard": False,
+    "log_every": 2, "num_workers": 0, "base_lr": 0.5,
+}  # fmt: skip
+
+
+def run(tmp_path, name, **overrides):
+    config = resolve({**TINY, "out": str(tmp_path / name), **overrides})
+    return train(config, show_progress=False)
+
+
+def test_cli_train_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "byol", "train", "--data", "digits", "--arch", "convnet",
+               "--hidden-dim", "64", "--batch-size", "64", "--max-steps", "6",
+               "--checkpoint-every", "3", "--log-every", "2", "--out", str(out)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "k-NN" not in result.stdout  # stopped at max-steps: no final monitor
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints/last.pt"):
+        assert (out / name).is_file(), name
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert len(losses) == 3 and all(0 <= value <= 8 for value in losses)
+    assert {"lr", "tau", "collapse_std", "images_per_s"} <= set(records[0])
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["batch_size"] == 64 and config["data"] == "digits"
+    checkpoint = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert checkpoint["step"] == 6 and checkpoint["config"]["arch"] == "convnet"
+    assert {"model", "optimizer", "rng", "epoch", "batch_in_epoch"} <= set(checkpoint)
+    # Online weights changed from their initialisation, the target differs from the online copy.
+    state = checkpoint["model"]
+    assert not torch.equal(state["online_encoder.0.weight"], state["target_encoder.0.weight"])
+    assert "step 6" not in result.stderr
+    assert f"checkpoint      {out / 'checkpoints' / 'last.pt'}" in result.stdout
+
+
+def test_training_runs_epoch_and_reports_knn(tmp_path):
+    result = run(tmp_path, "knn", knn_every=1, knn_bank_size=2000)
+    assert result.step == result.total_steps == 1437 // 32
+    assert result.knn_top1 is not None and 0.3 < result.knn_top1 <= 1.0
+    records = [json.loads(x) for x in (tmp_path / "knn" / "metrics.jsonl").read_text().splitlines()]
+    assert sum("knn_top1" in r for r in records) == 1
+
+
+def test_interrupt_and_resume_is_exact(tmp_path):
+    straight = run(tmp_path, "straight", max_steps=12, checkpoint_every=100)
+    assert straight.step == 12
+    first = run(tmp_path, "resumed", max_steps=6, checkpoint_every=100)
+    assert first.step == 6
+    second = run(tmp_path, "resumed", max_steps=12, checkpoint_every=100)
+    assert second.step == 12
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for key, state in a["optimizer"]["state"].items():
+        assert torch.equal(
+            state["momentum_buffer"], b["optimizer"]["state"][key]["momentum_buffer"]
+        )
+    assert torch.equal(a["rng"]["augment"][0], b["rng"]["augment"][0])
+
+
+def test_resume_across_epoch_boundary_with_accumulation(tmp_path):
+    # 1437 // 32 = 44 steps per epoch: stop inside epoch 1, resume into epoch 2.
+    straight = run(tmp_path, "a", epochs=2, max_steps=50, accumulate=2, checkpoint_every=100)
+    run(tmp_path, "b", epochs=2, max_steps=30, accumulate=2, checkpoint_every=100)
+    resumed = run(tmp_path, "b", epochs=2, max_steps=50, accumulate=2, checkpoint_every=100)
+    assert straight.step == resumed.step == 50
+    a = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_different_config_into_existing_run_folder_is_refused(tmp_path):
+    run(tmp_path, "run", max_steps=2)
+    with pytest.raises(ConfigError, match=r"different config.*base_lr"):
+        run(tmp_path, "run", max_steps=2, base_lr=0.1)
+
+
+def test_config_file_and_overrides(tmp_path):
+    path = tmp_path / "my.yaml"
+    path.write_text("arch: resnet18\nbatch_size: 128\ntarget_decay: 0.99\n")
+    config = load_config(path, {"batch_size": "64"})
+    assert config.arch == "resnet18" and config.batch_size == 64 and config.target_decay == 0.99
+    preset = resolve({"preset": "imagenet-300"})
+    assert (preset.base_lr, preset.weight_decay, preset.target_decay) == (0.3, 1e-6, 0.99)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--batch-sise", "3"], "unrecognized arguments"),
+        (["--target-decay", "1.5"], "target_decay must lie in [0.0, 1.0]"),
+        (["--base-lr", "-1"], "base_lr must lie in"),
+        (["--batch-size", "abc"], "batch_size must be an integer"),
+        (["--precision", "fp8"], "invalid choice: 'fp8'"),
+        (["--arch", "resnet9000"], "arch must be one of"),
+        (["--data", "/nonexistent/folder"], "unknown dataset"),
+        (["--data", "digits", "--batch-size", "5000"], "larger than the dataset"),
+    ],
+)
+def test_bad_arguments_exit_2_with_message(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        code = main(["train", "--out", str(tmp_path / "x"), "--tensorboard", *argv])
+        raise SystemExit(code)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_config_key_in_file_names_key_and_file(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("bach_size: 32\n")
+    code = main(["train", "--config", str(path), "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 2 and "bach_size" in err and str(path) in err and "batch_size" in err
