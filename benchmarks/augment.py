@@ -6,16 +6,20 @@ Cases (batch 256, uint8 RGB inputs held in memory):
 * 96 px output from 96×96 inputs, ``imagenet`` preset.
 
 Ours runs batched in the main process (with torch's default intra-op threads, and again with 1
-thread); the baseline is the equivalent torchvision.transforms.v2 pipeline applied per image in
-a Dataset, fed through a DataLoader with 2 worker processes (1 thread each, torch's default
-there). Both views are produced in both. Each repeat processes the whole in-memory set; the
-medians of the repeats are reported. A CUDA row (ours, batch already on the GPU) is added when
-a GPU is present.
+thread) and batched inside 2 DataLoader workers as their collate_fn. The baseline is the
+equivalent torchvision.transforms.v2 pipeline applied per image in a Dataset, fed through a
+DataLoader with 2 worker processes (1 thread each, torch's default there). Both views are
+produced in all cases. Each repeat processes the whole in-memory set; the medians of the
+repeats are reported. A CUDA column (ours, batch already on the GPU) is added when a GPU is
+present.
+
+On a shared machine whose cores are oversubscribed, torch's multi-threaded ops wait on each
+other at every op, which is why the 1-thread and in-worker columns are reported too.
 
 Writes its section of benchmarks/RESULTS.md, between ``<!-- augment:begin -->`` and
 ``<!-- augment:end -->``.
 
-    python benchmarks/augment.py [--repeats 5] [--images-32 2048] [--images-96 1024] [--no-write]
+    python benchmarks/augment.py [--repeats 5] [--images-32 2048] [--images-96 512] [--no-write]
 """
 
 from __future__ import annotations
@@ -87,6 +91,49 @@ def time_torchvision(images: torch.Tensor, preset: str, size: int, repeats: int)
         persistent_workers=True,
         shuffle=False,
     )
+    return time_loader(loader, len(images), repeats)
+
+
+class ImageBlock(Dataset):
+    """In-memory uint8 images fetched a whole batch at a time (``__getitems__``)."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitems__(self, indices: list[int]) -> torch.Tensor:
+        return self.images[indices[0] : indices[-1] + 1]  # sequential sampler: a slice
+
+
+class AugmentCollate:
+    """collate_fn running our batched augmentation inside a worker (seeded per worker)."""
+
+    def __init__(self, preset: str, size: int) -> None:
+        self.aug = BYOLAugment(preset, size)
+        self.generator: torch.Generator | None = None
+
+    def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.generator is None:
+            info = torch.utils.data.get_worker_info()
+            self.generator = torch.Generator().manual_seed(info.id if info else 0)
+        return self.aug(batch, generator=self.generator)
+
+
+def time_ours_in_workers(images: torch.Tensor, preset: str, size: int, repeats: int) -> list[float]:
+    loader = DataLoader(
+        ImageBlock(images),
+        batch_size=BATCH,
+        num_workers=2,
+        persistent_workers=True,
+        shuffle=False,
+        collate_fn=AugmentCollate(preset, size),
+    )
+    return time_loader(loader, len(images), repeats)
+
+
+def time_loader(loader: DataLoader, count: int, repeats: int) -> list[float]:
     for _ in loader:  # warm-up: start the workers
         pass
     rates = []
@@ -94,8 +141,7 @@ def time_torchvision(images: torch.Tensor, preset: str, size: int, repeats: int)
         start = time.perf_counter()
         for _ in loader:
             pass
-        rates.append(len(images) / (time.perf_counter() - start))
-    del loader
+        rates.append(count / (time.perf_counter() - start))
     return rates
 
 
@@ -150,36 +196,39 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--images-32", type=int, default=2048, help="images per repeat, 32 px")
-    parser.add_argument("--images-96", type=int, default=1024, help="images per repeat, 96 px")
+    parser.add_argument("--images-96", type=int, default=512, help="images per repeat, 96 px")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
 
     load_before = os.getloadavg()
-    default_threads = torch.get_num_threads()
+    threads = torch.get_num_threads()
+    cpu = torch.device("cpu")
     cases = [(32, "cifar", args.images_32), (96, "imagenet", args.images_96)]
     rows = []
     for size, preset, count in cases:
         images = torch.randint(
             0, 256, (count, 3, size, size), dtype=torch.uint8, generator=torch.Generator()
         )
-        base = statistics.median(time_torchvision(images, preset, size, args.repeats))
-        ours = statistics.median(time_ours(images, preset, size, args.repeats, torch.device("cpu")))
+        row = {"size": size, "preset": preset}
+        row["torchvision"] = statistics.median(time_torchvision(images, preset, size, args.repeats))
+        row["ours"] = statistics.median(time_ours(images, preset, size, args.repeats, cpu))
         torch.set_num_threads(1)
-        ours_1t = statistics.median(
-            time_ours(images, preset, size, args.repeats, torch.device("cpu"))
+        row["ours_1t"] = statistics.median(time_ours(images, preset, size, args.repeats, cpu))
+        torch.set_num_threads(threads)
+        row["ours_workers"] = statistics.median(
+            time_ours_in_workers(images, preset, size, args.repeats)
         )
-        torch.set_num_threads(default_threads)
-        gpu = None
         if torch.cuda.is_available():
-            gpu = statistics.median(
-                time_ours(images, preset, size, args.repeats, torch.device("cuda"))
-            )
-        rows.append((size, preset, base, ours, ours_1t, gpu))
+            cuda = torch.device("cuda")
+            row["gpu"] = statistics.median(time_ours(images, preset, size, args.repeats, cuda))
+        rows.append(row)
+        base = row["torchvision"]
         print(
-            f"{size:>3} px {preset:<9} torchvision 2 workers {base:9.0f} img/s | ours "
-            f"{default_threads} threads {ours:9.0f} img/s ({ours / base:.1f}x) | ours 1 thread "
-            f"{ours_1t:9.0f} img/s ({ours_1t / base:.1f}x)"
-            + (f" | ours CUDA {gpu:9.0f} img/s" if gpu else ""),
+            f"{size:>3} px {preset:<9} torchvision {base:7.0f} img/s | ours {threads} threads "
+            f"{row['ours']:7.0f} ({row['ours'] / base:.1f}x) | 1 thread {row['ours_1t']:7.0f} "
+            f"({row['ours_1t'] / base:.1f}x) | 2 workers {row['ours_workers']:7.0f} "
+            f"({row['ours_workers'] / base:.1f}x)"
+            + (f" | CUDA {row['gpu']:9.0f}" if "gpu" in row else ""),
             flush=True,
         )
     load_after = os.getloadavg()
@@ -194,25 +243,31 @@ def main() -> None:
         f"- torch {torch.__version__}, torchvision {torchvision.__version__}, "
         f"Python {platform.python_version()}",
         f"- Command: `{' '.join(['python', 'benchmarks/augment.py', *sys.argv[1:]])}`",
-        f"- Batch {BATCH}, uint8 RGB in memory, both views; median of {args.repeats} repeats "
-        f"over {args.images_32} (32 px) / {args.images_96} (96 px) images. Load average "
-        f"(1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after: the machine is "
-        "shared, so absolute numbers are noisy; both sides ran in the same run.",
+        f"- Batch {BATCH}, uint8 RGB in memory, both views, float32 normalised output; median of "
+        f"{args.repeats} repeats over {args.images_32} (32 px) / {args.images_96} (96 px) "
+        f"images. Load average (1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after "
+        "on this shared machine: absolute numbers are noisy, compare within a row.",
         "- Baseline: per-image `torchvision.transforms.v2` (RandomResizedCrop, "
         "RandomHorizontalFlip, RandomApply(ColorJitter, 0.8), RandomGrayscale(0.2), "
         "GaussianBlur / RandomSolarize with the view's probabilities, ToDtype, Normalize) in a "
         "Dataset through a DataLoader with 2 workers.",
+        f"- Ours: `BYOLAugment` on whole batches: in the main process with torch's default "
+        f"{threads} intra-op threads, with 1 thread, and as the `collate_fn` of a DataLoader "
+        "with 2 workers (1 thread each, like the baseline's workers).",
         "",
-        "| output | preset | torchvision, 2 workers (img/s) | ours, "
-        f"{default_threads} threads (img/s) | ratio | ours, 1 thread (img/s) | ratio |"
-        + (" ours, CUDA (img/s) |" if gpu_name else ""),
-        "|---|---|---:|---:|---:|---:|---:|" + ("---:|" if gpu_name else ""),
+        "| output | preset | torchvision, 2 workers | ours, "
+        f"{threads} threads | ours, 1 thread | ours, 2 workers |"
+        + (" ours, CUDA |" if gpu_name else ""),
+        "|---|---|---:|---:|---:|---:|" + ("---:|" if gpu_name else ""),
     ]
-    for size, preset, base, ours, ours_1t, gpu in rows:
-        lines.append(
-            f"| {size}×{size} | {preset} | {base:,.0f} | {ours:,.0f} | {ours / base:.1f}× | "
-            f"{ours_1t:,.0f} | {ours_1t / base:.1f}× |" + (f" {gpu:,.0f} |" if gpu else "")
-        )
+    for row in rows:
+        base = row["torchvision"]
+        cells = [f"{row['size']}×{row['size']}", row["preset"], f"{base:,.0f} img/s"]
+        for key in ("ours", "ours_1t", "ours_workers"):
+            cells.append(f"{row[key]:,.0f} img/s ({row[key] / base:.1f}×)")
+        if gpu_name:
+            cells.append(f"{row['gpu']:,.0f} img/s ({row['gpu'] / base:.0f}×)")
+        lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     print()
     print(text)

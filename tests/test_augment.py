@@ -46,6 +46,10 @@ def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def uint8_images(*shape: int, seed: int = 100) -> torch.Tensor:
+    return torch.randint(0, 256, shape, dtype=torch.uint8, generator=gen(seed))
+
+
 def unnormalise(view: torch.Tensor, mean, std) -> torch.Tensor:
     mean_t = torch.tensor(mean).view(1, -1, 1, 1)
     std_t = torch.tensor(std).view(1, -1, 1, 1)
@@ -56,7 +60,7 @@ def unnormalise(view: torch.Tensor, mean, std) -> torch.Tensor:
 
 
 def test_samples_of_a_batch_draw_their_own_parameters():
-    image = torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8)
+    image = uint8_images(1, 3, 16, 16)
     batch = image.expand(64, -1, -1, -1).contiguous()
     aug = BYOLAugment("imagenet", 16)
     view1, view2, p1, p2 = aug(batch, generator=gen(0), return_params=True)
@@ -77,7 +81,7 @@ def test_samples_of_a_batch_draw_their_own_parameters():
 @pytest.mark.parametrize("preset", ["imagenet", "cifar"])
 def test_per_view_probabilities_within_4_sigma(preset):
     n = 4096
-    batch = torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8)
+    batch = uint8_images(n, 3, 8, 8)
     aug = BYOLAugment(preset, 8)
     *_, p1, p2 = aug(batch, generator=gen(1), return_params=True)
     for config, params in zip(PRESETS[preset], (p1, p2), strict=True):
@@ -342,7 +346,7 @@ def test_jitter_applies_the_reported_factors_in_the_reported_order():
 
 
 def test_same_seed_same_views_and_different_seed_different_views():
-    batch = torch.randint(0, 256, (16, 3, 12, 12), dtype=torch.uint8)
+    batch = uint8_images(16, 3, 12, 12)
     aug = BYOLAugment("imagenet", 10)
     a1, a2 = aug(batch, generator=gen(7))
     b1, b2 = aug(batch, generator=gen(7))
@@ -354,7 +358,7 @@ def test_same_seed_same_views_and_different_seed_different_views():
 
 @pytest.mark.parametrize("preset", ["imagenet", "cifar"])
 def test_outputs_normalised_from_unit_range(preset):
-    batch = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8)
+    batch = uint8_images(64, 3, 16, 16)
     batch[0] = 255
     batch[1] = 0
     aug = BYOLAugment(preset, 12)
@@ -366,7 +370,7 @@ def test_outputs_normalised_from_unit_range(preset):
 
 
 def test_uint8_and_float_inputs_agree_and_out_dtype_is_honoured():
-    batch = torch.randint(0, 256, (8, 3, 12, 12), dtype=torch.uint8)
+    batch = uint8_images(8, 3, 12, 12)
     aug = BYOLAugment("cifar", (8, 10))
     from_uint8 = aug(batch, generator=gen(10))
     from_float = aug(batch.float() / 255, generator=gen(10))
@@ -377,10 +381,16 @@ def test_uint8_and_float_inputs_agree_and_out_dtype_is_honoured():
     full = BYOLAugment("cifar", 8)(batch, generator=gen(10))
     assert half[0].dtype == half[1].dtype == torch.bfloat16
     torch.testing.assert_close(half[0].float(), full[0], atol=0.02, rtol=0)
+    # float64 input: computed in float64, returned in out_dtype.
+    double = batch.double() / 255
+    assert aug(double, generator=gen(10))[0].dtype == torch.float32
+    wide = BYOLAugment("cifar", (8, 10), out_dtype=torch.float64)(double, generator=gen(10))
+    assert wide[0].dtype == torch.float64
+    torch.testing.assert_close(wide[0].float(), from_uint8[0], atol=1e-4, rtol=0)
 
 
 def test_single_channel_images():
-    batch = torch.randint(0, 256, (32, 1, 10, 10), dtype=torch.uint8)
+    batch = uint8_images(32, 1, 10, 10)
     aug = BYOLAugment("fashion-mnist", 8)
     view1, view2, p1, p2 = aug(batch, generator=gen(11), return_params=True)
     assert view1.shape == view2.shape == (32, 1, 8, 8)
@@ -397,7 +407,7 @@ def test_single_channel_images():
 
 
 def test_eval_view_is_deterministic_resize_and_normalisation():
-    batch = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    batch = uint8_images(4, 3, 8, 8)
     aug = BYOLAugment("cifar", 8)
     same = aug.eval_view(batch)
     expected = (batch.float() / 255 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / (
@@ -433,7 +443,7 @@ def test_configuration_errors_name_the_value():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_batches_stay_on_device_and_match_cpu_with_a_cpu_generator():
-    batch = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8)
+    batch = uint8_images(32, 3, 16, 16)
     aug = BYOLAugment("imagenet", 12)
     cpu = aug(batch, generator=gen(13))
     cuda = aug(batch.cuda(), generator=gen(13))

@@ -25,18 +25,21 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from byol import load_checkpoint
 from byol.checkpoint import CheckpointManager
 from byol.config import resolve
-from byol.ddp import _without_nproc
+from byol.ddp import _without_nproc, launch_local
 from byol.errors import ConfigError
 from byol.syncbn import CPUSyncBatchNorm, convert_sync_batchnorm
 from byol.train import Trainer
 
 THIS_FILE = Path(__file__).resolve()
-TIMEOUT = 240  # seconds for one torchrun job; they take a few seconds each
+TIMEOUT = 240  # seconds for one torchrun job (about 10 s on an idle 2-core machine)
 
 
 def _child_env(**extra: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)  # fmt: skip
     return env
 
@@ -56,12 +59,10 @@ def _torchrun(
     )
 
 
-def _run_worker(case: str, out: Path, *, env: dict[str, str] | None = None):
-    result = _torchrun(
-        ["--standalone", "--nproc-per-node=2"], [str(THIS_FILE), case, str(out)], env=env
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return result
+# The arguments of a multi-node launch (see docs/distributed.md), on one machine.
+def _multinode_launch() -> list[str]:
+    return ["--nnodes=1", "--node-rank=0", "--nproc-per-node=2", "--rdzv-backend=c10d",
+            f"--rdzv-endpoint=localhost:{_free_port()}", "--rdzv-id=byol-test"]  # fmt: skip
 
 
 # --------------------------------------------------------------------------- helpers shared
@@ -108,7 +109,7 @@ def trainer_config(data: Path, out: Path):
         "batch_size": 16, "epochs": 2, "warmup_epochs": 0, "base_lr": 4.0,
         "trust_coefficient": 0.02, "target_decay": 0.9, "max_steps": 4,
         "checkpoint_every": 2, "log_every": 1, "knn_every": 0, "tensorboard": False,
-        "num_workers": 0, "out": str(out),
+        "num_workers": 0, "device": "cpu", "out": str(out),
     })  # fmt: skip
 
 
@@ -233,9 +234,15 @@ def worker_hang(out: Path) -> None:
 
 
 def worker_all(out: Path) -> None:
-    # One torchrun job for both checks: starting the processes costs more than the checks.
+    # One torchrun job for all checks: starting the processes costs more than the checks.
     worker_collectives(out)
     worker_trainer(out)
+    # What `torchrun -m byol train` runs: 4 steps straight, and 2 steps of a run that the
+    # test resumes with `byol train --nproc 2`.
+    from byol.cli import main
+
+    assert main(_cli_args(out / "images.npy", out / "straight", 4)) == 0
+    assert main(_cli_args(out / "images.npy", out / "resumed", 2)) == 0
 
 
 WORKERS = {"all": worker_all, "collectives": worker_collectives, "trainer": worker_trainer,
@@ -244,10 +251,14 @@ WORKERS = {"all": worker_all, "collectives": worker_collectives, "trainer": work
 
 @pytest.fixture(scope="module")
 def ddp_job(tmp_path_factory) -> Path:
-    """The 2-process job shared by the BatchNorm and the Trainer tests: its output folder."""
+    """The output folder of the one 2-process job the tests below share (see worker_all).
+
+    It is launched with the multi-node arguments (c10d rendezvous on localhost).
+    """
     out = tmp_path_factory.mktemp("ddp_job")
     tiny_images(out / "images.npy")
-    _run_worker("all", out)
+    result = _torchrun(_multinode_launch(), [str(THIS_FILE), "all", str(out)])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return out
 
 
@@ -328,29 +339,24 @@ def _cli_args(data: Path, out: Path, max_steps: int) -> list[str]:
     ]  # fmt: skip
 
 
-def test_cli_resume_under_torchrun_is_exact_and_rank0_writes(tmp_path):
-    data = tiny_images(tmp_path / "images.npy")
-    # Straight: `byol train --nproc 2` (torchrun --standalone in the byol process).
-    straight = subprocess.run(
-        [sys.executable, "-m", "byol", *_cli_args(data, tmp_path / "straight", 4), "--nproc", "2"],
+def test_cli_resume_under_torchrun_is_exact_and_rank0_writes(ddp_job):
+    # ddp_job ran `byol train` for 4 steps straight, and for 2 steps into `resumed`; resume
+    # that with `byol train --nproc 2` (torchrun --standalone inside the byol process).
+    straight, resumed = ddp_job / "straight", ddp_job / "resumed"
+    assert load_checkpoint(resumed / "checkpoints" / "last.pt")["step"] == 2
+    result = subprocess.run(
+        [sys.executable, "-m", "byol", *_cli_args(ddp_job / "images.npy", resumed, 4),
+         "--nproc", "2"],
         capture_output=True, text=True, timeout=TIMEOUT, env=_child_env(),
     )  # fmt: skip
-    assert straight.returncode == 0, straight.stderr[-5000:]
-    # Interrupted and resumed, launched the multi-node way: c10d rendezvous on an endpoint.
-    outputs = []
-    for max_steps in (2, 4):
-        launch = ["--nnodes=1", "--node-rank=0", "--nproc-per-node=2", "--rdzv-backend=c10d",
-                  f"--rdzv-endpoint=localhost:{_free_port()}", "--rdzv-id=byol-test"]  # fmt: skip
-        byol_args = _cli_args(data, tmp_path / "resumed", max_steps)
-        result = _torchrun(launch, ["-m", "byol", *byol_args])
-        assert result.returncode == 0, result.stderr[-5000:]
-        outputs.append(result)
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert "byol: steps           4/" in result.stdout
     # Rank 0 alone reports the resumption.
-    assert outputs[1].stderr.count("byol: resuming") == 1
-    assert "at step 2" in outputs[1].stderr
+    assert result.stderr.count("byol: resuming") == 1
+    assert "at step 2" in result.stderr
 
-    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
-    b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")
+    a = load_checkpoint(straight / "checkpoints" / "last.pt")
+    b = load_checkpoint(resumed / "checkpoints" / "last.pt")
     assert a["step"] == b["step"] == 4
     assert a["model"].keys() == b["model"].keys()
     for key in a["model"]:
@@ -365,25 +371,33 @@ def test_cli_resume_under_torchrun_is_exact_and_rank0_writes(tmp_path):
     for state_a, state_b in zip(a["rng"]["augment"], b["rng"]["augment"]):
         assert torch.equal(state_a, state_b)
     # One writer: every step logged once, the checkpoint folder holds no per-rank leftovers.
-    for run, expected in (("straight", [1, 2, 3, 4]), ("resumed", [1, 2, 3, 4])):
-        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
-        assert [json.loads(line)["step"] for line in lines] == expected
-        files = sorted(p.name for p in (tmp_path / run / "checkpoints").iterdir())
+    for run in (straight, resumed):
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4]
+        files = sorted(p.name for p in (run / "checkpoints").iterdir())
         assert files == ["last.pt", "step-00000002.pt", "step-00000004.pt"]
-    assert "byol: steps           4/" in straight.stdout
-    assert straight.stdout.count("byol: run folder") == 1
 
 
-def test_cli_reports_a_batch_not_divisible_by_the_processes(tmp_path):
-    args = _cli_args(tiny_images(tmp_path / "images.npy"), tmp_path / "run", 2)
-    args[args.index("--batch-size") + 1] = "33"
-    result = subprocess.run(
-        [sys.executable, "-m", "byol", *args, "--nproc=2"],
-        capture_output=True, text=True, timeout=TIMEOUT, env=_child_env(),
-    )  # fmt: skip
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert "--batch-size 33 is not divisible by the 2 processes" in result.stderr
-    assert "byol train: error: process" in result.stderr
+def test_launch_local_runs_torchrun_and_reports_a_failed_process(monkeypatch, capsys):
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    launched = []
+    monkeypatch.setattr(torchrun, "run", launched.append)
+    argv = ["train", "--nproc", "3", "--data", "digits", "--batch-size", "30"]
+    assert launch_local(3, argv) == 0
+    (arguments,) = launched
+    assert arguments.standalone and arguments.nproc_per_node == "3" and arguments.module
+    assert arguments.training_script == "byol"
+    assert arguments.training_script_args == ["train", "--data", "digits", "--batch-size", "30"]
+
+    def fail(arguments):
+        failure = ProcessFailure(local_rank=1, pid=123, exitcode=2, error_file="")
+        raise ChildFailedError("byol", {1: failure})
+
+    monkeypatch.setattr(torchrun, "run", fail)
+    assert launch_local(2, ["train"]) == 2
+    assert "process 1 of 2 failed (exit code 2)" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -397,6 +411,7 @@ def test_a_rank_that_stops_answering_fails_the_job_after_the_timeout(tmp_path):
     assert result.returncode != 0
     assert elapsed < 100  # not the 120 s the silent rank sleeps
     assert "ChildFailedError" in result.stderr
+    assert "Timed out waiting 3000ms" in result.stderr  # rank 0 gave up after BYOL_DIST_TIMEOUT
 
 
 def test_nproc_flag_is_removed_from_the_forwarded_arguments():

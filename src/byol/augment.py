@@ -225,6 +225,8 @@ class BYOLAugment:
                 )
             if min(self.std) <= 0:
                 raise ConfigError(f"std values must be positive, got {self.std}")
+        if not out_dtype.is_floating_point:
+            raise ConfigError(f"out_dtype must be a floating dtype, got {out_dtype}")
         self.out_dtype = out_dtype
         self._stats_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -294,6 +296,11 @@ class BYOLAugment:
             shape = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
             raise DataError(
                 f"augmentation expects a (B, C, H, W) batch with C in {{1, 3}}, got {shape}"
+            )
+        if self.mean is not None and len(self.mean) != batch.shape[1]:
+            raise ConfigError(
+                f"normalisation mean {self.mean} / std {self.std} has {len(self.mean)} values "
+                f"but the images have {batch.shape[1]} channels"
             )
         if batch.dtype == torch.uint8:
             return batch.to(torch.float32).mul_(1.0 / 255.0)
@@ -367,22 +374,12 @@ class BYOLAugment:
         c = x.shape[1]
         key = (c, x.device, x.dtype)
         if key not in self._stats_cache:
-            if self.mean is None or self.std is None:
-                mean, std = (
-                    (IMAGENET_MEAN, IMAGENET_STD)
-                    if c == 3
-                    else (
-                        FASHION_MNIST_MEAN,
-                        FASHION_MNIST_STD,
-                    )
-                )
+            if self.mean is not None and self.std is not None:
+                mean, std = self.mean, self.std  # length checked against C in _to_float
+            elif c == 3:
+                mean, std = IMAGENET_MEAN, IMAGENET_STD
             else:
-                mean, std = self.mean, self.std
-                if len(mean) != c:
-                    raise ConfigError(
-                        f"normalisation mean {mean} / std {std} has {len(mean)} values "
-                        f"but the images have {c} channels"
-                    )
+                mean, std = FASHION_MNIST_MEAN, FASHION_MNIST_STD
             scale = torch.tensor([1.0 / s for s in std], dtype=x.dtype, device=x.device)
             shift = -torch.tensor(mean, dtype=x.dtype, device=x.device) * scale
             self._stats_cache[key] = (scale.view(1, c, 1, 1), shift.view(1, c, 1, 1))

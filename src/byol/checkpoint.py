@@ -117,11 +117,31 @@ class CheckpointManager:
     """
 
     _NUMBERED = re.compile(r"step-(\d+)\.pt$")
+    # Temporary files of save_checkpoint and of the last.pt link, with the writer's pid.
+    _TEMPORARY = re.compile(r"\.(?:step-\d+|last)\.pt\.(\d+)\.(?:tmp|lnk)$")
 
     def __init__(self, folder: str | Path, keep: int = 2) -> None:
         self.folder = Path(folder)
         self.keep = keep
         self.last = self.folder / "last.pt"
+        self._swept = False
+
+    def remove_stale_temporaries(self) -> int:
+        """Delete temporary files that killed writers left behind; return how many.
+
+        A process killed mid-write (SIGKILL, power loss) leaves its ``.step-*.pt.PID.tmp``;
+        only one process writes a run's checkpoints, so another pid's file is abandoned.
+        """
+        removed = 0
+        if not self.folder.is_dir():
+            return removed
+        for path in self.folder.iterdir():
+            match = self._TEMPORARY.match(path.name)
+            if match and int(match.group(1)) != os.getpid():
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                    removed += 1
+        return removed
 
     def numbered(self) -> list[Path]:
         if not self.folder.is_dir():
@@ -130,6 +150,9 @@ class CheckpointManager:
         return sorted(found, key=lambda p: int(self._NUMBERED.match(p.name).group(1)))
 
     def save(self, payload: dict[str, Any], step: int) -> Path:
+        if not self._swept:
+            self.remove_stale_temporaries()
+            self._swept = True
         target = save_checkpoint(payload, self.folder / f"step-{step:08d}.pt")
         link = self.folder / f".last.pt.{os.getpid()}.lnk"
         try:

@@ -23,6 +23,8 @@ _HELP = {
     "data_root": "folder holding the dataset files",
     "download": "let torchvision download CIFAR/STL-10 into --data-root",
     "folder_image_size": "side of the square images made from an image folder",
+    "crop_min_scale": "smallest area fraction of the random resized crop (preset: 0.08)",
+    "strict": "fail on the first unreadable image file instead of skipping it with a warning",
     "holdout": "hold this many training images out of pre-training as k-NN monitor queries "
     "(for tuning without touching the test split)",
     "arch": "encoder architecture (see byol.backbones.ARCHITECTURES)",
@@ -122,7 +124,7 @@ _EXTRA_COMMANDS: list[tuple[str, Any]] = []
 def _register_extra_commands() -> None:
     import importlib
 
-    for module_name in ("byol.commands",):
+    for module_name in ("byol.commands", "byol.bench_command"):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as error:

@@ -91,7 +91,7 @@ def adjust_saturation(x: torch.Tensor, factor: torch.Tensor | float) -> torch.Te
 
 
 def _hue_value_chroma(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Hue in [0, 1), value and chroma of an RGB batch, each of shape (N, H, W)."""
+    """Hue (in turns, not yet reduced mod 1), value and chroma of an RGB batch, each (N, H, W)."""
     red, green, blue = x.unbind(dim=1)
     value = x.amax(dim=1)
     chroma = value - x.amin(dim=1)
@@ -107,23 +107,30 @@ def _hue_value_chroma(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
     to_blue = (red + blue).sub_(green, alpha=2.0).add_(chroma, alpha=4.0)  # (r-g+4C) - (g-b)
     sixths = (green - blue).addcmul_(is_green, to_green).addcmul_(is_blue, to_blue)
     # Grey pixels (C = 0) have a zero numerator (all channels equal, red branch): hue 0.
-    hue = sixths.div_(chroma.clamp(min=1e-12)).div_(6.0)
-    return _wrap(hue), value, chroma
+    turns = sixths.div_(chroma.mul(6.0).clamp_(min=1e-12))
+    return turns, value, chroma
 
 
 def _wrap(turns: torch.Tensor) -> torch.Tensor:
-    """Reduce to [0, 1) in place (values of a few turns either side)."""
+    """Reduce to [0, 1) in place."""
     return turns.sub_(torch.floor(turns))
 
 
-def _rgb_from_hue(hue: torch.Tensor, value: torch.Tensor, chroma: torch.Tensor) -> torch.Tensor:
-    """RGB ``(N, 3, H, W)`` from hue (turns, any real), value and chroma (= V S), each (N, H, W).
+def _rgb_from_hue(
+    hue: torch.Tensor, value: torch.Tensor, chroma: torch.Tensor, shift: torch.Tensor | float = 0.0
+) -> torch.Tensor:
+    """RGB ``(N, 3, H, W)`` from hue + shift (turns, any real), value and chroma (= V S).
 
+    ``hue``, ``value``, ``chroma`` have shape (N, H, W); ``shift`` is a float or (N,) tensor.
     Channel n (n = 5, 3, 1 for R, G, B) is c_n = V - C clamp(min(k, 4 - k), 0, 1) with
     k = (n + 6 H) mod 6; min(k, 4 - k) = 2 - |k - 2| = 2 - 6 |frac(H + n / 6) - 1/3|.
     """
-    offsets = torch.tensor(_HSV_OFFSETS, dtype=hue.dtype, device=hue.device).view(1, 3, 1, 1)
-    turns = _wrap(hue.unsqueeze(1) + offsets / 6.0)
+    offsets = torch.tensor(_HSV_OFFSETS, dtype=hue.dtype, device=hue.device).div_(6.0)
+    if isinstance(shift, torch.Tensor):
+        offsets = offsets + shift.to(device=hue.device, dtype=hue.dtype).view(-1, 1)
+    else:
+        offsets = offsets + float(shift)
+    turns = _wrap(hue.unsqueeze(1) + offsets.view(-1, 3, 1, 1))
     ramp = turns.sub_(1.0 / 3.0).abs_().mul_(-6.0).add_(2.0).clamp_(0.0, 1.0)
     return torch.addcmul(value.unsqueeze(1), chroma.unsqueeze(1), ramp, value=-1.0)
 
@@ -134,10 +141,10 @@ def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
     Hue is 0 where the pixel is grey (chroma 0), saturation is 0 where it is black.
     """
     _require_rgb(x, "rgb_to_hsv")
-    hue, value, chroma = _hue_value_chroma(x)
+    turns, value, chroma = _hue_value_chroma(x)
     # Black pixels have chroma 0 as well, so the clamp only avoids 0 / 0.
     saturation = chroma / value.clamp(min=1e-12)
-    return torch.stack((hue, saturation, value), dim=1)
+    return torch.stack((_wrap(turns), saturation, value), dim=1)
 
 
 def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
@@ -154,12 +161,8 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor | float) -> torch.Tensor:
     formed since V * S is the chroma max - min.
     """
     _require_rgb(x, "adjust_hue")
-    hue, value, chroma = _hue_value_chroma(x)
-    if isinstance(shift, torch.Tensor):
-        hue = hue.add_(shift.to(device=x.device, dtype=x.dtype).view(-1, 1, 1))
-    else:
-        hue = hue.add_(float(shift))
-    return _rgb_from_hue(hue, value, chroma).clamp_(0.0, 1.0)
+    turns, value, chroma = _hue_value_chroma(x)
+    return _rgb_from_hue(turns, value, chroma, shift).clamp_(0.0, 1.0)
 
 
 def to_grayscale(x: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ class TrainConfig:
     download: bool = False
     folder_image_size: int = 64
     holdout: int = 0
+    strict: bool = False
     # model
     arch: str = "convnet"
     small_images: bool | None = None
@@ -40,6 +42,7 @@ class TrainConfig:
     hidden_dim: int = 4096
     projection_dim: int = 256
     augment: str = "auto"
+    crop_min_scale: float | None = None
     # optimisation
     epochs: float = 100.0
     batch_size: int = 256
@@ -90,8 +93,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
 RANGES: dict[str, tuple[float | None, float | None]] = {
     "epochs": (1e-9, None),
     "batch_size": (2, None),
-    "base_lr": (0.0, None),
-    "weight_decay": (0.0, None),
+    # Upper bounds far above any useful value keep the LARS update inside float32.
+    "base_lr": (0.0, 1e4),
+    "weight_decay": (0.0, 1e4),
     "warmup_epochs": (0.0, None),
     "momentum": (0.0, 0.999999),
     "trust_coefficient": (1e-12, None),
@@ -104,6 +108,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "image_size": (4, None),
     "folder_image_size": (4, None),
     "holdout": (0, None),
+    "crop_min_scale": (1e-3, 1.0),
     "num_workers": (0, None),
     "checkpoint_every": (1, None),
     "keep_checkpoints": (1, None),
@@ -213,12 +218,12 @@ def _check(config: TrainConfig) -> None:
         if value is None:
             continue
         if (
-            value != value
+            not math.isfinite(value)
             or (low is not None and value < low)
             or (high is not None and value > high)
         ):
             bounds = (
-                f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+                f"{'(-inf' if low is None else f'[{low}'}, {'inf)' if high is None else f'{high}]'}"
             )
             raise ConfigError(f"{key} must lie in {bounds}, got {value!r}")
     if config.batch_size % config.accumulate:

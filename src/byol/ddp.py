@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import inspect
 import math
 import os
 import sys
@@ -95,6 +96,17 @@ def _choose_device(requested: str, local_rank: int) -> torch.device:
             f"at most {count} processes per node (torchrun --nproc_per_node)"
         )
     return torch.device("cuda", local_rank)
+
+
+def _no_buffer_broadcast() -> dict[str, bool]:
+    """DDP option to skip the per-forward buffer broadcast (its name changed in torch 2.14).
+
+    Synchronised BatchNorm already keeps every running statistic equal on all ranks.
+    """
+    parameters = inspect.signature(DistributedDataParallel.__init__).parameters
+    if "forward_sync_buffers" in parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
 
 
 class _BYOLStep(nn.Module):
@@ -243,8 +255,7 @@ class Distributed:
         return DistributedDataParallel(
             _BYOLStep(model),
             device_ids=[self.device.index] if self.device.type == "cuda" else None,
-            # Synchronised BatchNorm keeps running statistics equal on every rank already.
-            broadcast_buffers=False,
+            **_no_buffer_broadcast(),
         )
 
     def no_sync(self, module: nn.Module):

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from .ddp import Distributed
 
 __all__ = ["Single", "current"]
 
@@ -49,7 +53,7 @@ class Single:
         return contextlib.nullcontext()
 
 
-def current(device: str = "auto") -> Single:
+def current(device: str = "auto") -> Single | Distributed:
     """The context of this process: distributed when launched by torchrun (WORLD_SIZE > 1).
 
     ``device`` is the ``--device`` setting; under torchrun it picks CUDA (nccl) or CPU (gloo).

@@ -139,8 +139,10 @@ def _encode(
     device: torch.device,
     channels_last: bool,
     indices: torch.Tensor | None = None,
+    output_device: torch.device | None = None,
 ) -> torch.Tensor:
-    """Runs ``encoder`` in eval mode over ``images[indices]``; returns float32 (N, D) on CPU.
+    """Runs ``encoder`` in eval mode over ``images[indices]``; returns float32 (N, D) on
+    ``output_device`` (default: the CPU).
 
     ``preprocess`` gets a float [0, 1] batch on ``device`` and returns the normalised network input.
     """
@@ -159,7 +161,7 @@ def _encode(
             x = preprocess(_to_unit_float(batch.to(device, non_blocking=True)))
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            chunks.append(encoder(x).flatten(1).float().cpu())
+            chunks.append(encoder(x).flatten(1).float().to(output_device or "cpu"))
         return torch.cat(chunks)
     finally:
         encoder.train(was_training)
@@ -304,6 +306,7 @@ def knn_predict(
     temperature: float = 0.1,
     num_classes: int | None = None,
     chunk_size: int = 1024,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Weighted k-NN class scores of each query against the bank ``train_features``.
 
@@ -313,7 +316,8 @@ def knn_predict(
     Returns:
         float32 (Q, num_classes) summed vote weights; ``num_classes`` defaults to
         ``max(train_labels) + 1``. Queries are processed ``chunk_size`` at a time so the
-        similarity matrix never exceeds (chunk_size, N_bank).
+        similarity matrix never exceeds (chunk_size, N_bank). Computed on ``device`` (default:
+        the device of ``train_features``), where the scores are returned.
     """
     if k < 1:
         raise ConfigError(f"k must be >= 1, got {k}")
@@ -332,13 +336,14 @@ def knn_predict(
             f"num_classes={num_classes} but train_labels contain class {int(train_labels.max())}"
         )
 
-    bank = F.normalize(train_features.float(), dim=1)
+    run_device = torch.device(device) if device is not None else train_features.device
+    bank = F.normalize(train_features.to(device=run_device, dtype=torch.float32), dim=1)
     bank_labels = train_labels.to(bank.device)
     k = min(k, bank.shape[0])
     scores = []
     for start in range(0, query_features.shape[0], chunk_size):
-        query = F.normalize(query_features[start : start + chunk_size].float(), dim=1)
-        query = query.to(bank.device)
+        query = query_features[start : start + chunk_size].to(bank.device, torch.float32)
+        query = F.normalize(query, dim=1)
         similarity, neighbour = (query @ bank.T).topk(k, dim=1)
         weight = (similarity / temperature).exp()
         votes = torch.zeros(query.shape[0], num_classes, device=bank.device)
@@ -359,6 +364,7 @@ def knn_accuracy(
     k: int = 200,
     temperature: float = 0.1,
     chunk_size: int = 1024,
+    device: torch.device | str | None = None,
 ) -> dict:
     """Weighted k-NN accuracy of the test set against the training bank (see :func:`knn_predict`).
 
@@ -378,6 +384,7 @@ def knn_accuracy(
         temperature=temperature,
         num_classes=num_classes,
         chunk_size=chunk_size,
+        device=device,
     )
     return {
         "top1": topk_accuracy(scores, test_labels, 1),
@@ -586,12 +593,12 @@ def _pick_best(rates: Sequence[float], val_top1: list[float], val_loss: list[flo
     return rates[order[0]]
 
 
-BatchFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+_BatchFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def _fit_and_select(
     train_labels: torch.Tensor,
-    batch_for: BatchFn,
+    batch_for: _BatchFn,
     val_features_for: Callable[[torch.Tensor], torch.Tensor],
     *,
     dim: int,
@@ -686,13 +693,15 @@ def _fit_and_select(
 def _prepare_features(
     train_features: torch.Tensor, standardize: bool, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    x = train_features.to(device=device, dtype=torch.float32)
     if not standardize:
-        return x, None, None
+        return train_features.to(device=device, dtype=torch.float32), None, None
+    # One private float32 copy standardised in place: large feature sets are hundreds of MB.
+    x = train_features.to(device=device, dtype=torch.float32, copy=True)
     mean, std = _standardizer(x)
-    return (x - mean) / std, mean, std
+    return x.sub_(mean).div_(std), mean, std
 
 
+@torch.no_grad()
 def select_learning_rate(
     train_features: torch.Tensor,
     train_labels: torch.Tensor,
@@ -741,6 +750,7 @@ def select_learning_rate(
     return selection
 
 
+@torch.no_grad()
 def linear_probe(
     train_features: torch.Tensor,
     train_labels: torch.Tensor,
@@ -809,9 +819,11 @@ def linear_probe(
     chosen = selection["learning_rate"]
     classifier = final_heads.subset([rates.index(chosen)])
 
-    test_x = test_features.to(device=run_device, dtype=torch.float32)
-    if mean is not None:
-        test_x = (test_x - mean) / std
+    if mean is None:
+        test_x = test_features.to(device=run_device, dtype=torch.float32)
+    else:
+        test_x = test_features.to(device=run_device, dtype=torch.float32, copy=True)
+        test_x.sub_(mean).div_(std)
     test = classifier.scores(test_x, test_labels.to(run_device))
     return {
         "top1": test["top1"][0],
@@ -888,6 +900,7 @@ def _resized_crop_flip(
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+@torch.no_grad()
 def linear_probe_augmented(
     encoder: nn.Module,
     train_images: torch.Tensor,
@@ -987,12 +1000,18 @@ def linear_probe_augmented(
     train_clean = _encode(encoder, train_images, clean, **encode_options).to(run_device)
     if standardize:
         feat_mean, feat_std = _standardizer(train_clean)
-        train_clean = (train_clean - feat_mean) / feat_std
+        train_clean.sub_(feat_mean).div_(feat_std)  # a fresh tensor of ours
     labels_dev = train_labels.to(run_device)
 
     def batch_for(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = _encode(encoder, train_images, augmented, indices=indices, **encode_options)
-        feats = feats.to(run_device)
+        feats = _encode(
+            encoder,
+            train_images,
+            augmented,
+            indices=indices,
+            output_device=run_device,
+            **encode_options,
+        )
         if standardize:
             feats = (feats - feat_mean) / feat_std
         return feats, labels_dev[indices.to(run_device)]
@@ -1016,7 +1035,7 @@ def linear_probe_augmented(
 
     test_x = _encode(encoder, test_images, clean, **encode_options).to(run_device)
     if standardize:
-        test_x = (test_x - feat_mean) / feat_std
+        test_x.sub_(feat_mean).div_(feat_std)
     test = classifier.scores(test_x, test_labels.to(run_device))
     return {
         "top1": test["top1"][0],

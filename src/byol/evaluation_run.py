@@ -6,7 +6,7 @@ checkpoint's online encoder (and of each baseline) once, and runs the requested 
 
 * ``linear`` - linear probe on pre-computed features (learning rate chosen on a part held out
   from the training split, never the test split), or with ``augmented=True`` on freshly
-  augmented training images every epoch (random resized crop + flip; much slower);
+  augmented training images every epoch (random crop + flip; much slower);
 * ``knn`` - weighted cosine k-NN, k = 200 and k = 20, temperature 0.1, training split as the
   memory bank and test split as queries.
 
@@ -37,6 +37,7 @@ from .handover import (
     encode_dataset,
     load_data_for,
     load_encoder,
+    pick_device,
     resolve_checkpoint,
     run_folder_of,
 )
@@ -78,6 +79,12 @@ def _random_init_encoder(info: EncoderInfo, seed: int, device: torch.device) -> 
     return encoder.to(device).eval()
 
 
+def _augmented_crop(info: EncoderInfo) -> str:
+    """Small images (<= 64 px) get the CIFAR-style pad-4 random crop, larger ones the paper's
+    random resized crop: at 8-32 px a crop of 8 % of the area leaves almost nothing to see."""
+    return "pad" if backbones.default_small_images(info.image_size) else "resized"
+
+
 def _knn_rows(
     name: str, train: torch.Tensor, train_y: torch.Tensor, test: torch.Tensor,
     test_y: torch.Tensor,
@@ -97,6 +104,7 @@ def _knn_rows(
 
 
 def _linear_row(name: str, result: dict[str, Any], augmented: bool) -> dict[str, Any]:
+    extra = {"crop": result["crop"]} if "crop" in result else {}
     return {
         "name": name,
         "protocol": "linear-augmented" if augmented else "linear",
@@ -107,6 +115,7 @@ def _linear_row(name: str, result: dict[str, Any], augmented: bool) -> dict[str,
         "epochs": result["epochs"],
         "n_val": result["n_val"],
         "seconds": result["seconds"],
+        **extra,
     }
 
 
@@ -132,8 +141,9 @@ def run_evaluation(
         data, data_root: the labelled dataset; default: the one the checkpoint was trained on.
         protocol: ``linear``, ``knn`` or ``all``.
         baselines: any of ``random-init`` and ``pixels``.
-        augmented: linear probe on augmented images (random resized crop + flip) instead of
-            pre-computed features.
+        augmented: linear probe on augmented images instead of pre-computed features: random
+            crop + horizontal flip (pad-4 crop for images of <= 64 px, random resized crop
+            above).
         epochs: linear-probe epochs (default: 100 on pre-computed features, 80 augmented).
         seed: seeds the held-out split, minibatch order, augmentations and the random-init
             encoder.
@@ -160,7 +170,7 @@ def run_evaluation(
         raise ConfigError(f"--epochs must be >= 1, got {epochs}")
     baselines = list(dict.fromkeys(baselines))
     started = time.perf_counter()
-    run_device = torch.device(device) if device is not None else _auto_device()
+    run_device = pick_device(device)
     checkpoint = resolve_checkpoint(checkpoint)
     encoder, info = load_encoder(checkpoint, device=run_device)
     name = data if data is not None else info.data
@@ -212,7 +222,8 @@ def run_evaluation(
                 result = linear_probe_augmented(
                     model if model is not None else nn.Flatten(1), train_set.images, train_y,
                     test_set.images, test_y, mean=info.mean, std=info.std,
-                    size=info.image_size, encode_batch_size=batch_size, **probe_options,
+                    size=info.image_size, crop=_augmented_crop(info),
+                    encode_batch_size=batch_size, **probe_options,
                 )  # fmt: skip
             else:
                 result = linear_probe(train_features, train_y, test_features, test_y,
@@ -222,7 +233,8 @@ def run_evaluation(
             _say(f"{row_name}: linear top-1 {100 * result['top1']:.2f}% "
                  f"(lr {result['learning_rate']:g}, {result['seconds']:.1f}s)", quiet)  # fmt: skip
         if protocol in ("knn", "all"):
-            knn = _knn_rows(row_name, train_features, train_y, test_features, test_y)
+            knn = _knn_rows(row_name, train_features.to(run_device), train_y.to(run_device),
+                            test_features.to(run_device), test_y.to(run_device))  # fmt: skip
             rows.extend(knn)
             _say(f"{row_name}: k-NN top-1 " + ", ".join(
                 f"k={r['k']}: {100 * r['top1']:.2f}%" for r in knn), quiet)  # fmt: skip
@@ -296,7 +308,3 @@ def results_table(result: dict[str, Any]) -> str:
                        names.get(r.get("name"), 9)),
     )  # fmt: skip
     return format_results_table([{**row, "protocol": _protocol_label(row)} for row in rows])
-
-
-def _auto_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

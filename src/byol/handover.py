@@ -63,6 +63,7 @@ __all__ = [
     "load_data_for",
     "load_encoder",
     "load_exported",
+    "pick_device",
     "resolve_checkpoint",
     "run_folder_of",
     "torchvision_encoder",
@@ -306,7 +307,7 @@ def embed(
     image folders. ``data`` defaults to the checkpoint's training dataset.
     """
     started = time.perf_counter()
-    run_device = torch.device(device) if device is not None else _auto_device()
+    run_device = pick_device(device)
     encoder, info = load_encoder(checkpoint, device=run_device)
     dataset = load_data_for(info, data, data_root=data_root, split=split)
     features = encode_dataset(encoder, dataset, info, batch_size=batch_size, device=run_device)
@@ -332,8 +333,18 @@ def embed(
     )  # fmt: skip
 
 
-def _auto_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def pick_device(name: torch.device | str | None = None) -> torch.device:
+    """``name`` as a device; None or ``auto``: CUDA when available, else the CPU. Raises
+    :class:`ConfigError` for an unknown name or CUDA on a machine without it."""
+    if name is None or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"--device {name!r} is not a device (try cpu, cuda or cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name!r} requested but CUDA is not available here")
+    return device
 
 
 # ------------------------------------------------------------------------------------ export

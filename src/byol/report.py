@@ -122,7 +122,7 @@ def plot_training_curves(steps: list[dict], path: Path) -> Path:
         x, y = _column(steps, key)
         _plot_series(axis, x, y, color=colour)
         axis.set_ylabel(label)
-    axes[0].set_title("Training curves (mean over each logging window)")
+    axes[0].set_title("Training curves (loss: mean of each logging window; lr, τ: at its end)")
     axes[2].set_xlabel("optimizer step")
     axes[2].ticklabel_format(axis="y", useOffset=False)
     figure.savefig(path)
@@ -441,11 +441,10 @@ def _embedding_sections(
     bank_size: int, queries: int, neighbours: int, seed: int,
 ) -> list[str]:  # fmt: skip
     """t-SNE map and retrieval grid; a note instead when the checkpoint or data is missing."""
-    from .handover import encode_dataset, load_data_for, load_encoder
+    from .handover import encode_dataset, load_data_for, load_encoder, pick_device
 
     sections = ["## What the features learned", ""]
-    run_device = torch.device(device) if device is not None else torch.device(
-        "cuda" if torch.cuda.is_available() else "cpu")  # fmt: skip
+    run_device = pick_device(device)
     try:
         encoder, info = load_encoder(run_dir / "checkpoints" / "last.pt", device=run_device)
         train_set = load_data_for(info, data_root=data_root, split="train")

@@ -17,13 +17,14 @@ are read every ``log_every`` steps; the learning rate and τ are Python floats.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import signal
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ import torch
 import yaml
 
 from . import backbones
+from .augment import PRESETS as AUGMENT_PRESETS
 from .augment import BYOLAugment
 from .checkpoint import CheckpointManager
 from .config import TrainConfig
@@ -46,7 +48,8 @@ __all__ = ["RunResult", "Trainer", "train"]
 # Keys that may change between a run and its resumption without changing its result.
 RESUMABLE_CHANGES = frozenset(
     {"max_steps", "time_limit", "num_workers", "log_every", "checkpoint_every", "config",
-     "keep_checkpoints", "tensorboard", "out", "device", "knn_every", "download", "data_root"}
+     "keep_checkpoints", "tensorboard", "out", "device", "knn_every", "download", "data_root",
+     "strict"}
 )  # fmt: skip
 COLLAPSE_WARNING = 0.05
 
@@ -118,7 +121,7 @@ class Trainer:
         split = default_pretrain_split(config.data)
         data = load_dataset(
             config.data, root=config.data_root, split=split, download=config.download,
-            image_size=config.folder_image_size,
+            image_size=config.folder_image_size, strict=config.strict,
         )  # fmt: skip
         if len(data) == 0:
             raise DataError(f"dataset {config.data!r} has no images")
@@ -136,7 +139,7 @@ class Trainer:
             with contextlib.suppress(DataError, ConfigError):
                 queries = load_dataset(
                     config.data, root=config.data_root, split="test",
-                    image_size=config.folder_image_size,
+                    image_size=config.folder_image_size, strict=config.strict,
                 )  # fmt: skip
         if queries is not None and labeled:
             keep = data.labels >= 0
@@ -163,7 +166,10 @@ class Trainer:
         ).to(self.device)  # fmt: skip
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.mean, self.std = data.mean_std()
+        self.mean, std = data.mean_std()
+        # A channel that never varies (blank scans, a solid background) has std 0; one grey
+        # level keeps its normalisation finite instead of refusing the data.
+        self.std = tuple(max(value, 1 / 255) for value in std)
         preset = config.augment
         if preset == "auto":
             name = str(config.data).lower()
@@ -173,7 +179,13 @@ class Trainer:
                 else ("cifar" if self.image_size <= 64 else "imagenet")
             )
         self.augment_preset = preset
-        self.augment = BYOLAugment(preset, self.image_size, mean=self.mean, std=self.std)
+        views: Any = preset
+        if config.crop_min_scale is not None:
+            views = tuple(
+                dataclasses.replace(view, crop_scale=(config.crop_min_scale, view.crop_scale[1]))
+                for view in AUGMENT_PRESETS[preset]
+            )
+        self.augment = BYOLAugment(views, self.image_size, mean=self.mean, std=self.std)
         self.optimizer = LARS(
             param_groups(self.model, config.weight_decay), lr=0.0, momentum=config.momentum,
             trust_coefficient=config.trust_coefficient,
@@ -244,8 +256,16 @@ class Trainer:
         if payload.get("scaler"):
             self.scaler.load_state_dict(payload["scaler"])
         states = payload["rng"]["augment"]
-        state = states[self.dist.rank] if isinstance(states, list) else states
-        self.generator.set_state(state.to(torch.uint8).cpu())
+        states = states if isinstance(states, list) else [states]
+        if len(states) == self.dist.world_size:
+            self.generator.set_state(states[self.dist.rank].to(torch.uint8).cpu())
+        elif self.is_main:
+            warnings.warn(
+                f"the checkpoint was written by {len(states)} process(es), this run has "
+                f"{self.dist.world_size}: the augmentation random streams restart from the "
+                "seed, so the run continues, but not bit-exactly as it would have",
+                stacklevel=2,
+            )
         torch.set_rng_state(payload["rng"]["torch"])
         return int(payload["step"])
 
@@ -257,7 +277,11 @@ class Trainer:
         try:
             previous = yaml.safe_load(saved.read_text()) or {}
         except (OSError, yaml.YAMLError):
-            return
+            previous = None
+        if not isinstance(previous, dict):
+            # Not a config byol wrote (its writes are atomic): the folder belongs to something
+            # else, whose files must not be overwritten.
+            raise ConfigError(f"{saved} exists but is not a byol run config; choose another --out")
         current = self.config.to_dict()
         changed = sorted(
             key for key in set(previous) | set(current)
@@ -305,10 +329,20 @@ class Trainer:
                 f"{start_step}); every node must see the same run folder (a shared file system)"
             )
 
-        writer = _MetricsWriter(self.out, tensorboard=config.tensorboard) if self.is_main else None
+        writer = None
         if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=True))
+            try:
+                self.out.mkdir(parents=True, exist_ok=True)
+                # Atomic, so a kill mid-write cannot leave a config that refuses the resume.
+                temporary = self.out / ".config.yaml.tmp"
+                temporary.write_text(yaml.safe_dump(config.to_dict(), sort_keys=True))
+                temporary.replace(self.out / "config.yaml")
+                writer = _MetricsWriter(self.out, tensorboard=config.tensorboard)
+            except OSError as error:
+                raise ConfigError(
+                    f"cannot write to the run folder {self.out}: {error.strerror or error}; "
+                    "choose another --out"
+                ) from None
 
         last_loss: float | None = None
         knn_top1: float | None = None
@@ -335,7 +369,7 @@ class Trainer:
                 finite = torch.isfinite(loss)
                 if config.skip_nonfinite and not bool(finite):
                     skipped += 1
-                    warnings.warn(f"non-finite loss at step {step}; skipped it", stacklevel=2)
+                    warnings.warn(f"non-finite loss at step {step + 1}; skipped it", stacklevel=2)
                 first_bad_step = torch.where(
                     (~finite) & (first_bad_step < 0) & (not config.skip_nonfinite),
                     torch.full_like(first_bad_step, step), first_bad_step,
@@ -391,6 +425,7 @@ class Trainer:
                 stop_now = self.dist.any(self._stop_reason is not None)
                 if done % config.checkpoint_every == 0 or done == self.end_step or stop_now:
                     self._raise_if_nonfinite(first_bad_step, checkpoints)
+                    self._raise_if_weights_nonfinite(done, checkpoints)
                     states = self.dist.gather_generator_states(self.generator.get_state())
                     if self.is_main:
                         last_checkpoint = checkpoints.save(self._payload(done, states), done)
@@ -428,9 +463,14 @@ class Trainer:
         return result
 
     def _step(
-        self, images: torch.Tensor, step: int
+        self, images: torch.Tensor, step: int, mark: Callable[[str], None] | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One optimizer step (``accumulate`` micro-batches), then the target update."""
+        """One optimizer step (``accumulate`` micro-batches), then the target update.
+
+        ``mark``, when given, is called with a stage name (augment, forward, backward,
+        optimizer, ema) as each stage ends: ``byol bench`` times the stages of this very code
+        with it (synchronising there). Training passes None.
+        """
         config = self.config
         lr = warmup_cosine_lr(step, self.total_steps, self.peak_lr, self.warmup_steps)
         for group in self.optimizer.param_groups:
@@ -444,13 +484,19 @@ class Trainer:
             if config.channels_last:
                 view1 = view1.contiguous(memory_format=torch.channels_last)
                 view2 = view2.contiguous(memory_format=torch.channels_last)
+            if mark is not None:
+                mark("augment")
             sync = self.dist.no_sync(self.forward) if index < len(micro_batches) - 1 else None
             with sync or contextlib.nullcontext(), torch.autocast(
                 self.device.type, dtype=self.autocast_dtype or torch.float32,
                 enabled=self.autocast_dtype is not None,
             ):  # fmt: skip
                 loss, stats = self.forward(view1, view2, return_stats=True)
+                if mark is not None:
+                    mark("forward")
                 self.scaler.scale(loss / len(micro_batches)).backward()
+            if mark is not None:
+                mark("backward")
             total_loss += loss.detach() / len(micro_batches)
         if config.skip_nonfinite and not bool(torch.isfinite(total_loss)):
             self.optimizer.zero_grad(set_to_none=True)
@@ -458,7 +504,11 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        if mark is not None:
+            mark("optimizer")
         self.model.update_target(target_decay(step, self.total_steps, config.target_decay))
+        if mark is not None:
+            mark("ema")
         return total_loss, stats
 
     def _raise_if_nonfinite(self, first_bad_step: torch.Tensor, checkpoints) -> None:
@@ -470,6 +520,22 @@ class Trainer:
                 f"training diverged: the loss became non-finite at step {bad + 1}{where}. "
                 "Lower --base-lr, check the data, or pass --skip-nonfinite to skip such steps"
             )
+
+    def _raise_if_weights_nonfinite(self, done: int, checkpoints) -> None:
+        """Refuse to checkpoint NaN/inf weights, which would pass for a good checkpoint.
+
+        A finite loss can still be followed by an update that overflows. Every rank holds the
+        same weights, so every rank raises together (no rank is left waiting in a barrier).
+        """
+        tensors = [t for t in self.model.state_dict().values() if t.is_floating_point()]
+        if bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+            return
+        last = checkpoints.last if checkpoints.exists() else None
+        where = f"; the last good checkpoint is {last}" if last else ""
+        raise ByolError(
+            f"training diverged: the model weights became non-finite by step {done}{where}. "
+            "Lower --base-lr or check the data"
+        )
 
     def _knn_monitor(self, bank, queries, step, writer) -> float:
         from .evaluate import extract_features, knn_accuracy

@@ -164,7 +164,7 @@ def _report_bad_files(folder: Path, bad: list[tuple[str, str]], strict: bool) ->
     more = ", ..." if len(bad) > _LISTED_BAD_FILES else ""
     warnings.warn(
         f"skipped {len(bad)} unreadable image file(s) in {folder}: {listed}{more} "
-        f"(first error: {first_reason}); pass strict=True to fail instead",
+        f"(first error: {first_reason}); pass strict=True (--strict) to fail instead",
         stacklevel=4,
     )
 

@@ -1,0 +1,405 @@
+"""Side by side: our training step against lucidrains' byol-pytorch and lightly's BYOL recipe.
+
+Installs nothing. Run it with an interpreter that can import ``byol``, ``byol_pytorch`` and
+``lightly`` (``bash benchmarks/peers-setup.sh`` makes ``benchmarks/.peers-venv``):
+
+    benchmarks/.peers-venv/bin/python benchmarks/peers.py [--arch convnet|resnet18 ...]
+
+All three run in this one process on the same backbone module (``byol.backbones.build``, the
+same seed), the same in-memory uint8 images (random, 32×32 RGB by default), the same batch
+size, fp32, and the same projector/predictor widths (hidden 4096, output 256 by default; see
+``--hidden-dim``). Each implementation keeps its own recipe otherwise:
+
+* **ours**: the real ``byol train`` step through :class:`byol.bench.TrainStepRunner`
+  (per-sample augmentation of the batch in the main process, per-view forwards, LARS, fused
+  EMA, channels_last).
+* **lucidrains**: ``BYOL(net, image_size=..., hidden_layer=-1)`` then, per step, ``loss =
+  learner(images); opt.zero_grad(); loss.backward(); opt.step();
+  learner.update_moving_average()`` with Adam (lr 3e-4) as in its README. Its own default
+  augmentations run on the batch tensor (one draw of jitter/blur/crop per batch), and the two
+  views go through each network concatenated. ``use_simplicial_embeddings`` (on by default in
+  0.9, not part of BYOL) is turned off so the networks match; ``hidden_layer=-1`` takes the
+  backbone's output, which is the pooled representation for both backbones.
+* **lightly**: the BYOL module of lightly's example (``BYOLProjectionHead``,
+  ``BYOLPredictionHead``, ``deactivate_requires_grad``, ``update_momentum`` with
+  ``cosine_schedule``, ``NegativeCosineSimilarity``, SGD lr 0.06) fed by a DataLoader with 2
+  workers that applies ``BYOLTransform`` (per-image torchvision transforms on PIL images, as the
+  example's CIFAR-10 dataset yields; blur off at 32 px as in the example) to an in-memory
+  dataset. Workers are persistent (no restart cost at the tiny epoch boundaries).
+
+Timing: every implementation first runs ``--warmup`` steps; then ``--rounds`` rounds each time
+one window of ``--steps`` steps per implementation, interleaved, so a load change on the machine
+hits all of them alike. Before each window a few untimed steps let the implementation reach its
+steady state (lightly: its prefetch queue, which fills while the others run, is drained first;
+after its window the run pauses while its workers refill, so they do not steal the next
+window's CPU). Medians of the windows are compared.
+
+Writes its section of benchmarks/RESULTS.md (between ``<!-- peers:begin -->`` and
+``<!-- peers:end -->``) with ``--write``; several ``--arch`` values go into one table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import platform
+import shlex
+import statistics
+import sys
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from byol import backbones
+from byol.bench import BenchConfig, TrainStepRunner, device_info, replace_section
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def _import_peers() -> None:
+    missing = []
+    for module in ("byol_pytorch", "lightly"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        sys.exit(
+            f"peers.py: cannot import {', '.join(missing)}; run `bash benchmarks/peers-setup.sh` "
+            "and use benchmarks/.peers-venv/bin/python"
+        )
+
+
+def _backbone(arch: str, seed: int) -> tuple[nn.Module, int]:
+    torch.manual_seed(seed)
+    return backbones.build(arch, small_images=True)
+
+
+class _Ours:
+    name = "ours"
+    settle = 1
+
+    def __init__(self, args: argparse.Namespace, images: torch.Tensor) -> None:
+        config = BenchConfig(
+            arch=args.arch, image_size=args.image_size, batch_size=args.batch_size,
+            precision="fp32", device="cpu", hidden_dim=args.hidden_dim,
+            projection_dim=args.projection_dim, small_images=True, seed=args.seed,
+            dataset_batches=args.dataset_batches,
+        )  # fmt: skip
+        self.runner = TrainStepRunner(config, images=images)
+
+    def steps(self, count: int) -> None:
+        self.runner.run_window(count)
+
+    def pause(self) -> None:
+        pass
+
+
+class _Lucidrains:
+    name = "lucidrains"
+    settle = 1
+
+    def __init__(self, args: argparse.Namespace, images: torch.Tensor) -> None:
+        from byol_pytorch import BYOL
+
+        net, _ = _backbone(args.arch, args.seed)
+        self.learner = BYOL(
+            net, image_size=args.image_size, hidden_layer=-1,
+            projection_size=args.projection_dim, projection_hidden_size=args.hidden_dim,
+            use_simplicial_embeddings=False,
+        )  # fmt: skip
+        self.optimizer = torch.optim.Adam(self.learner.parameters(), lr=3e-4)
+        self.images = images
+        self.batch_size = args.batch_size
+        self.generator = torch.Generator().manual_seed(args.seed)
+        self.learner.train()
+
+    def steps(self, count: int) -> None:
+        loss_sum = torch.zeros(())
+        for _ in range(count):
+            index = torch.randint(0, len(self.images), (self.batch_size,),
+                                  generator=self.generator)  # fmt: skip
+            # In-memory uint8 → float in [0, 1], the input its augmentations expect.
+            batch = self.images[index].float().div_(255)
+            loss = self.learner(batch)
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            self.learner.update_moving_average()
+            loss_sum += loss.detach()
+        float(loss_sum)
+
+    def pause(self) -> None:
+        pass
+
+
+class _LightlyBYOL(nn.Module):
+    """The BYOL module of lightly's example, with our widths (its example: hidden 1024)."""
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, hidden: int, out: int) -> None:
+        from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
+        from lightly.models.utils import deactivate_requires_grad
+
+        super().__init__()
+        self.backbone = backbone
+        self.projection_head = BYOLProjectionHead(feature_dim, hidden, out)
+        self.prediction_head = BYOLPredictionHead(out, hidden, out)
+        self.backbone_momentum = copy.deepcopy(self.backbone)
+        self.projection_head_momentum = copy.deepcopy(self.projection_head)
+        deactivate_requires_grad(self.backbone_momentum)
+        deactivate_requires_grad(self.projection_head_momentum)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.backbone(x).flatten(start_dim=1)
+        return self.prediction_head(self.projection_head(y))
+
+    def forward_momentum(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.backbone_momentum(x).flatten(start_dim=1)
+        return self.projection_head_momentum(y).detach()
+
+
+class _PILImages(torch.utils.data.Dataset):
+    """In-memory images handed out as PIL images, as torchvision's CIFAR-10 does."""
+
+    def __init__(self, images: torch.Tensor, transform) -> None:
+        self.images = images.permute(0, 2, 3, 1).contiguous().numpy()  # N, H, W, C uint8
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[index])), 0
+
+
+class _Lightly:
+    name = "lightly"
+
+    def __init__(self, args: argparse.Namespace, images: torch.Tensor) -> None:
+        from lightly.loss import NegativeCosineSimilarity
+        from lightly.transforms.byol_transform import (
+            BYOLTransform,
+            BYOLView1Transform,
+            BYOLView2Transform,
+        )
+
+        backbone, feature_dim = _backbone(args.arch, args.seed)
+        self.model = _LightlyBYOL(backbone, feature_dim, args.hidden_dim, args.projection_dim)
+        self.model.train()
+        transform = BYOLTransform(
+            view_1_transform=BYOLView1Transform(input_size=args.image_size, gaussian_blur=0.0),
+            view_2_transform=BYOLView2Transform(input_size=args.image_size, gaussian_blur=0.0),
+        )
+        self.workers = args.workers
+        self.prefetch_factor = 2
+        loader = torch.utils.data.DataLoader(
+            _PILImages(images, transform), batch_size=args.batch_size, shuffle=True,
+            drop_last=True, num_workers=self.workers, persistent_workers=self.workers > 0,
+            prefetch_factor=self.prefetch_factor if self.workers > 0 else None,
+        )  # fmt: skip
+        self.loader = loader
+        self.batches = self._cycle()
+        self.settle = max(1, self.workers * self.prefetch_factor)
+        self.criterion = NegativeCosineSimilarity()
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.06)
+        self.step = 0
+        self.total_steps = 100_000
+        self.last_step_seconds = 0.0
+
+    def _cycle(self):
+        while True:
+            yield from self.loader
+
+    def steps(self, count: int) -> None:
+        from lightly.models.utils import update_momentum
+        from lightly.utils.scheduler import cosine_schedule
+
+        model = self.model
+        start = time.perf_counter()
+        loss_sum = torch.zeros(())
+        for _ in range(count):
+            (x0, x1), _ = next(self.batches)
+            momentum = cosine_schedule(self.step, self.total_steps, 0.996, 1)
+            update_momentum(model.backbone, model.backbone_momentum, m=momentum)
+            update_momentum(model.projection_head, model.projection_head_momentum, m=momentum)
+            p0 = model(x0)
+            z0 = model.forward_momentum(x0)
+            p1 = model(x1)
+            z1 = model.forward_momentum(x1)
+            loss = 0.5 * (self.criterion(p0, z1) + self.criterion(p1, z0))
+            loss_sum += loss.detach()
+            loss.backward()
+            self.optimizer.step()
+            self.optimizer.zero_grad()
+            self.step += 1
+        float(loss_sum)
+        self.last_step_seconds = (time.perf_counter() - start) / count
+
+    def pause(self) -> None:
+        # Let the workers refill their queue now rather than during the next runner's window.
+        time.sleep(min(30.0, self.settle * self.last_step_seconds))
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for name in ("torch", "torchvision", "byol", "byol-pytorch", "lightly", "pillow"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def compare(args: argparse.Namespace, log=print) -> dict:
+    """Build the three runners on the same images and time them in interleaved windows."""
+    generator = torch.Generator().manual_seed(args.seed)
+    count = args.batch_size * args.dataset_batches
+    images = torch.randint(0, 256, (count, 3, args.image_size, args.image_size),
+                           dtype=torch.uint8, generator=generator)  # fmt: skip
+    runners = [_Ours(args, images), _Lucidrains(args, images), _Lightly(args, images)]
+    for runner in runners:
+        log(f"{args.arch}: warm-up {runner.name} ({args.warmup} steps)")
+        runner.steps(args.warmup)
+        runner.pause()
+    seconds: dict[str, list[float]] = {runner.name: [] for runner in runners}
+    for round_index in range(args.rounds):
+        for runner in runners:
+            runner.steps(runner.settle)
+            start = time.perf_counter()
+            runner.steps(args.steps)
+            seconds[runner.name].append(time.perf_counter() - start)
+            runner.pause()
+            rate = args.steps * args.batch_size / seconds[runner.name][-1]
+            log(f"{args.arch}: round {round_index + 1}/{args.rounds} {runner.name}: "
+                f"{rate:.1f} images/s")  # fmt: skip
+    rates = {
+        name: [args.steps * args.batch_size / s for s in values] for name, values in seconds.items()
+    }
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    faster_peer = max(medians["lucidrains"], medians["lightly"])
+    # FLOPs of the (shared) architecture's BYOL step, counted on ours.
+    ours = runners[0].runner
+    from byol.bench import step_flops_per_image
+
+    flops = step_flops_per_image(ours.model, *ours.sample_views(min(args.batch_size, 16)))
+    return {
+        "arch": args.arch, "image_size": args.image_size, "batch_size": args.batch_size,
+        "hidden_dim": args.hidden_dim, "projection_dim": args.projection_dim,
+        "images_per_s": medians, "windows": rates,
+        "ratio_vs_lucidrains": medians["ours"] / medians["lucidrains"],
+        "ratio_vs_lightly": medians["ours"] / medians["lightly"],
+        "ratio_vs_faster_peer": medians["ours"] / faster_peer,
+        "flops_per_image": flops,
+        "gflops": {name: flops * value / 1e9 for name, value in medians.items()},
+    }  # fmt: skip
+
+
+def format_results(results: list[dict], command: str, load: str) -> str:
+    machine = device_info(torch.device("cpu"))
+    versions = _versions()
+    when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    first = results[0]
+    lines = [
+        "## Peers: same backbone, same images, same process",
+        "",
+        f"Measured {when} on {machine['cpu']} ({machine['cpu_count']} cores, "
+        f"{machine['threads']} intra-op threads), Python {platform.python_version()}, "
+        + ", ".join(f"{k} {v}" for k, v in versions.items())
+        + f". Load average at start: {load}.",
+        "",
+        "```",
+        "bash benchmarks/peers-setup.sh",
+        command,
+        "```",
+        "",
+        f"{first['image_size']}×{first['image_size']} RGB, fp32, CPU, projector/predictor "
+        f"{first['hidden_dim']} → {first['projection_dim']} for all three (lucidrains' default; "
+        "lightly's example uses 1024 hidden). Medians of interleaved windows; every window "
+        "listed. GFLOP/s = FLOPs of the architecture's BYOL step (counted on ours) × images/s.",
+        "",
+        "| backbone | batch | ours (img/s) | lucidrains (img/s) | lightly (img/s) "
+        "| ours / lucidrains | ours / lightly | ours / faster peer | GFLOP/s ours / peers |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        m = r["images_per_s"]
+        g = r["gflops"]
+        lines.append(
+            f"| {r['arch']} | {r['batch_size']} | {m['ours']:.1f} | {m['lucidrains']:.1f} "
+            f"| {m['lightly']:.1f} | {r['ratio_vs_lucidrains']:.2f}× | "
+            f"{r['ratio_vs_lightly']:.2f}× | **{r['ratio_vs_faster_peer']:.2f}×** | "
+            f"{g['ours']:.1f} / {g['lucidrains']:.1f}, {g['lightly']:.1f} |"
+        )
+    lines += ["", "Windows (images/s):", ""]
+    for r in results:
+        for name, values in r["windows"].items():
+            lines.append(f"- {r['arch']} {name}: " + ", ".join(f"{v:.1f}" for v in values))
+    lines += [
+        "",
+        "What differs besides speed: lucidrains draws one set of colour/blur/crop parameters "
+        "per batch (not per image) and runs the two views concatenated through each network "
+        "(BatchNorm statistics over both views); lightly and ours follow the paper (per-image "
+        "parameters, per-view forwards). Optimisers: Adam (lucidrains' README), SGD (lightly's "
+        "example), LARS (ours).",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", nargs="+", default=["convnet", "resnet18"],
+                        help="backbones (default: convnet resnet18)")  # fmt: skip
+    parser.add_argument("--batch-size", type=int, nargs="+", default=None,
+                        help="one per --arch (default: 256 for convnet, 64 otherwise)")  # fmt: skip
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--hidden-dim", type=int, default=4096)
+    parser.add_argument("--projection-dim", type=int, default=256)
+    parser.add_argument("--steps", type=int, nargs="+", default=None,
+                        help="steps per window per --arch (default 8 convnet, else 2)")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="lightly's DataLoader workers")
+    parser.add_argument("--dataset-batches", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
+    args = parser.parse_args(argv)
+    _import_peers()
+
+    batch_sizes = args.batch_size or [256 if a == "convnet" else 64 for a in args.arch]
+    step_counts = args.steps or [8 if a == "convnet" else 2 for a in args.arch]
+    if len(batch_sizes) != len(args.arch) or len(step_counts) != len(args.arch):
+        parser.error("give one --batch-size and one --steps per --arch")
+    with open("/proc/loadavg") as loadavg:
+        load = " ".join(loadavg.read().split()[:3])
+    results = []
+    for arch, batch_size, steps in zip(args.arch, batch_sizes, step_counts):
+        run_args = argparse.Namespace(**{**vars(args), "arch": arch, "batch_size": batch_size,
+                                         "steps": steps})  # fmt: skip
+        results.append(compare(run_args, log=lambda m: print(m, file=sys.stderr, flush=True)))
+        r = results[-1]
+        print(f"{arch}: " + ", ".join(f"{k} {v:.1f} img/s" for k, v in r["images_per_s"].items())
+              + f"; ours / faster peer {r['ratio_vs_faster_peer']:.2f}x", flush=True)  # fmt: skip
+    command = "benchmarks/.peers-venv/bin/python benchmarks/peers.py " + shlex.join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    text = format_results(results, command, load)
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    if args.write:
+        current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+        RESULTS.write_text(replace_section(current, "peers", text))
+        print(f"wrote {RESULTS}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

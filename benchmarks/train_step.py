@@ -1,0 +1,223 @@
+"""Training-step throughput on this machine, with and without each optimisation.
+
+For each backbone (default: the CPU-scale convnet at batch 256 and the small-stem ResNet-18 at
+batch 64, both 32 px, fp32) it builds one :class:`byol.bench.TrainStepRunner` per variant
+
+* ``default``: what ``byol train`` does (channels_last, fused foreach EMA and LARS, no host
+  sync in the step, no compile);
+* ``no channels_last``, ``loop EMA``, ``loop LARS``, ``sync every step``: one optimisation
+  undone each;
+* ``compile``: ``torch.compile`` of the model (``--compile`` in ``byol train``);
+
+then times them in interleaved windows (every round runs one window of each variant, so load
+changes on the shared machine hit all variants alike) and reports medians, per-stage times of
+an instrumented pass, the FLOPs of the step, the machine's matmul/convolution rates and a
+``torch.profiler`` summary of the default step. Writes its section of benchmarks/RESULTS.md
+(between ``<!-- train_step:begin -->`` and ``<!-- train_step:end -->``) with ``--write``.
+
+    .venv/bin/python benchmarks/train_step.py [--write] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from byol.bench import (
+    STAGES,
+    BenchConfig,
+    TrainStepRunner,
+    conv3x3_rate,
+    device_info,
+    matmul_rate,
+    replace_section,
+    step_flops_per_image,
+)
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+VARIANTS: dict[str, dict] = {
+    "default": {},
+    "no channels_last": {"channels_last": False},
+    "loop EMA": {"ema": "loop"},
+    "loop LARS": {"lars": "loop"},
+    "sync every step": {"sync_every_step": True},
+    "compile": {"compile": True},
+}
+
+
+def log(message: str) -> None:
+    print(f"train_step: {message}", file=sys.stderr, flush=True)
+
+
+def measure_arch(base: BenchConfig, variants: list[str], rounds: int, profile_steps: int) -> dict:
+    """Interleaved windows of every variant, then stages, FLOPs and (for default) a profile."""
+    runners: dict[str, TrainStepRunner] = {}
+    warmup_seconds: dict[str, float] = {}
+    for name in variants:
+        runner = TrainStepRunner(replace(base, **VARIANTS[name]))
+        start = time.perf_counter()
+        try:
+            runner.run_window(max(1, base.warmup))
+        except Exception as error:  # compile can fail on a machine without a working compiler
+            log(f"{base.arch} {name}: skipped ({type(error).__name__}: {error})")
+            continue
+        warmup_seconds[name] = time.perf_counter() - start
+        runners[name] = runner
+        log(f"{base.arch} {name}: warm-up {warmup_seconds[name]:.1f} s")
+    rates: dict[str, list[float]] = {name: [] for name in runners}
+    for round_index in range(rounds):
+        for name, runner in runners.items():
+            runner.run_window(1)  # settle: caches and allocator back to this variant's state
+            seconds = runner.run_window(base.steps)
+            rates[name].append(base.steps * base.batch_size / seconds)
+        log(f"{base.arch} round {round_index + 1}/{rounds}: "
+            + ", ".join(f"{n} {r[-1]:.1f}" for n, r in rates.items()))  # fmt: skip
+    stages: dict[str, dict[str, float]] = {}
+    for name, runner in runners.items():
+        records = runner.stage_times(base.steps)
+        stages[name] = {s: 1000 * statistics.median(r[s] for r in records) for s in STAGES}
+        stages[name]["sum"] = 1000 * statistics.median(sum(r.values()) for r in records)
+    default = runners["default"]
+    flops = step_flops_per_image(default.model, *default.sample_views(min(base.batch_size, 16)))
+    profile = default.profile(profile_steps, row_limit=15) if profile_steps else None
+    return {
+        "config": {k: v for k, v in vars(base).items() if k != "extra"},
+        "images_per_s": {name: statistics.median(r) for name, r in rates.items()},
+        "windows": rates,
+        "warmup_s": warmup_seconds,
+        "stages_ms": stages,
+        "flops_per_image": flops,
+        "profile": profile,
+    }
+
+
+def format_section(results: list[dict], ceiling: dict, command: str, load: str) -> str:
+    machine = device_info(torch.device("cpu"))
+    when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    best = max(ceiling.values())
+    lines = [
+        "## Training step (`byol bench`, `benchmarks/train_step.py`)",
+        "",
+        f"Measured {when} on {machine['cpu']} ({machine['cpu_count']} cores, "
+        f"{machine['threads']} intra-op threads), torch {machine['torch']}, Python "
+        f"{machine['python']}. Load average at start: {load} (the machine is shared).",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        "Single rows can be reproduced with `byol bench`, e.g. `byol bench --arch convnet "
+        "--image-size 32 --batch-size 256 --precision fp32` (add `--no-channels-last`, "
+        "`--ema loop`, `--lars loop`, `--sync-every-step` or `--compile` for the variants).",
+        "",
+        "Machine ceiling (median of 3 windows): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in ceiling.items())
+        + " GFLOP/s.",
+        "",
+    ]
+    for r in results:
+        c = r["config"]
+        flops = r["flops_per_image"]
+        default = r["images_per_s"]["default"]
+        lines += [
+            f"### {c['arch']}, {c['image_size']} px, batch {c['batch_size']}, {c['precision']}",
+            "",
+            f"BYOL step: {flops / 1e6:.1f} MFLOP per image (matmuls and convolutions, "
+            f"FlopCounterMode). Default: {default:.1f} images/s = "
+            f"{flops * default / 1e9:.1f} GFLOP/s = **{100 * flops * default / 1e9 / best:.0f}% "
+            "of the best measured rate**.",
+            "",
+            "| variant | images/s (median) | vs default | "
+            + " | ".join(f"{s} ms" for s in STAGES)
+            + " | sum ms | warm-up s |",
+            "|---|---|---|" + "---|" * (len(STAGES) + 2),
+        ]
+        for name, rate in r["images_per_s"].items():
+            stage = r["stages_ms"][name]
+            lines.append(
+                f"| {name} | {rate:.1f} | {rate / default:.2f}× | "
+                + " | ".join(f"{stage[s]:.1f}" for s in STAGES)
+                + f" | {stage['sum']:.1f} | {r['warmup_s'][name]:.1f} |"
+            )
+        lines += ["", "Windows (images/s): " + "; ".join(
+            f"{n}: " + ", ".join(f"{v:.1f}" for v in w) for n, w in r["windows"].items()
+        ), ""]  # fmt: skip
+        if r["profile"]:
+            lines += [
+                "<details><summary>torch.profiler, default variant (top operators by self "
+                "CPU time)</summary>",
+                "",
+                "```",
+                r["profile"].strip(),
+                "```",
+                "</details>",
+                "",
+            ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", nargs="+", default=["convnet", "resnet18"])
+    parser.add_argument("--batch-size", type=int, nargs="+", default=None,
+                        help="one per --arch (default: 256 convnet, 64 otherwise)")  # fmt: skip
+    parser.add_argument("--steps", type=int, nargs="+", default=None,
+                        help="steps per window per --arch (default 6 convnet, else 2)")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--profile-steps", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="a fast check of the script")
+    parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
+    args = parser.parse_args(argv)
+    if "default" not in args.variants:
+        args.variants.insert(0, "default")
+    batch_sizes = args.batch_size or [256 if a == "convnet" else 64 for a in args.arch]
+    step_counts = args.steps or [6 if a == "convnet" else 2 for a in args.arch]
+    if args.quick:
+        batch_sizes = [16] * len(args.arch)
+        step_counts, args.rounds, args.warmup, args.profile_steps = [1] * len(args.arch), 2, 1, 1
+    with open("/proc/loadavg") as loadavg:
+        load = " ".join(loadavg.read().split()[:3])
+
+    results = []
+    for arch, batch_size, steps in zip(args.arch, batch_sizes, step_counts):
+        base = BenchConfig(
+            arch=arch, image_size=32, batch_size=batch_size, precision="fp32", steps=steps,
+            warmup=args.warmup, device="cpu", small_images=True,
+        )  # fmt: skip
+        results.append(measure_arch(base, args.variants, args.rounds, args.profile_steps))
+    log("measuring the matmul and convolution rates")
+    cpu = torch.device("cpu")
+    ceiling = {
+        "matmul fp32 2048²": matmul_rate(cpu),
+        "conv3x3 fp32 channels_last": conv3x3_rate(cpu, channels_last=True),
+        "conv3x3 fp32 contiguous": conv3x3_rate(cpu, channels_last=False),
+    }
+    command = ".venv/bin/python benchmarks/train_step.py " + shlex.join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    text = format_section(results, ceiling, command.strip(), load)
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps({"results": results, "ceiling": ceiling}, indent=2))
+    if args.write:
+        current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+        RESULTS.write_text(replace_section(current, "train_step", text))
+        log(f"wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Reference points a BYOL result is compared with: a random-initialised encoder (same
+architecture, untrained), raw pixels (see :func:`byol.evaluate.pixel_features`) and, as an
+upper reference, the same encoder trained *with* labels for a given wall-clock budget.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .evaluate import topk_accuracy
+
+__all__ = ["random_init_encoder", "train_supervised"]
+
+
+def random_init_encoder(arch: str, *, small_images: bool, in_channels: int, seed: int = 0):
+    """An untrained encoder of ``arch``, initialised from ``seed``: the baseline BYOL must beat."""
+    from . import backbones
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        encoder, _ = backbones.build(arch, small_images=small_images, in_channels=in_channels)
+    return encoder
+
+
+def _pad_crop_flip(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Per-sample random translation by up to ``padding`` pixels and horizontal flip."""
+    batch, _, height, width = images.shape
+    padded = F.pad(images, (padding,) * 4, mode="replicate")
+    shifts = torch.randint(0, 2 * padding + 1, (batch, 2), generator=generator)
+    rows = shifts[:, 0, None] + torch.arange(height)[None, :]  # (B, H)
+    cols = shifts[:, 1, None] + torch.arange(width)[None, :]  # (B, W)
+    flip = torch.rand(batch, generator=generator) < 0.5
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    index = torch.arange(batch)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[index, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def train_supervised(
+    encoder: nn.Module,
+    feature_dim: int,
+    train_images: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    seconds: float,
+    batch_size: int = 256,
+    lr: float = 0.1,
+    weight_decay: float = 5e-4,
+    padding: int = 2,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> dict:
+    """Train ``encoder`` + a linear head with cross-entropy for ``seconds`` of wall-clock time.
+
+    SGD (Nesterov momentum 0.9, weight decay), a learning rate that decays linearly to 0 with
+    the elapsed fraction of the budget, random translation + flip. Returns test top-1/top-5 of
+    the trained classifier, the epochs done and the seconds used.
+    """
+    device = torch.device(device)
+    num_classes = int(train_labels.max()) + 1
+    model = nn.Sequential(encoder, nn.Flatten(1), nn.Linear(feature_dim, num_classes)).to(device)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay
+    )
+    channels = train_images.shape[1]
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, channels, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, channels, 1, 1)
+
+    def prepare(images: torch.Tensor) -> torch.Tensor:
+        return ((images.float() / 255.0 - mean_t) / std_t).to(device)
+
+    generator = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    steps = 0
+    epochs = 0.0
+    n = len(train_images)
+    model.train()
+    while time.perf_counter() - start < seconds:
+        order = torch.randperm(n, generator=generator)
+        for first in range(0, n - batch_size + 1, batch_size):
+            elapsed = (time.perf_counter() - start) / seconds
+            if elapsed >= 1.0:
+                break
+            for group in optimizer.param_groups:
+                group["lr"] = lr * (1.0 - elapsed)
+            index = order[first : first + batch_size]
+            images = _pad_crop_flip(train_images[index].float(), padding, generator)
+            loss = F.cross_entropy(model(prepare(images)), train_labels[index].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            epochs += batch_size / n
+    used = time.perf_counter() - start
+    model.eval()
+    with torch.no_grad():
+        scores = torch.cat([model(prepare(test_images[i : i + 1024])).cpu()
+                            for i in range(0, len(test_images), 1024)])  # fmt: skip
+    return {
+        "top1": topk_accuracy(scores, test_labels, 1),
+        "top5": topk_accuracy(scores, test_labels, 5) if num_classes >= 5 else None,
+        "epochs": epochs,
+        "steps": steps,
+        "seconds": used,
+    }
