@@ -254,6 +254,10 @@ def main() -> None:
         f"- Ours: `BYOLAugment` on whole batches: in the main process with torch's default "
         f"{threads} intra-op threads, with 1 thread, and as the `collate_fn` of a DataLoader "
         "with 2 workers (1 thread each, like the baseline's workers).",
+        "- When the load average exceeds the core count, every multi-threaded op waits for a "
+        "descheduled sibling thread, so the default-threads column collapses; the 1-thread and "
+        "in-worker columns show the cost of the batched ops themselves. Code that augments on a "
+        "busy or small CPU should run it with 1 intra-op thread (e.g. in DataLoader workers).",
         "",
         "| output | preset | torchvision, 2 workers | ours, "
         f"{threads} threads | ours, 1 thread | ours, 2 workers |"

@@ -56,9 +56,8 @@ import torch
 from torch import nn
 
 from byol import backbones
-from byol.bench import BenchConfig, TrainStepRunner, device_info, replace_section
-
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+from byol.bench import BenchConfig, TrainStepRunner, device_info
+from results_file import RESULTS, write_section
 
 
 def _import_peers() -> None:
@@ -319,10 +318,11 @@ def format_results(results: list[dict], command: str, load: str) -> str:
         command,
         "```",
         "",
-        f"{first['image_size']}×{first['image_size']} RGB, fp32, CPU, projector/predictor "
-        f"{first['hidden_dim']} → {first['projection_dim']} for all three (lucidrains' default; "
-        "lightly's example uses 1024 hidden). Medians of interleaved windows; every window "
-        "listed. GFLOP/s = FLOPs of the architecture's BYOL step (counted on ours) × images/s.",
+        f"{first['image_size']}×{first['image_size']} RGB, fp32, CPU. Projector and predictor "
+        f"hidden {first['hidden_dim']}, output {first['projection_dim']} in all three (the "
+        "paper's and lucidrains' defaults are 4096 / 256, lightly's example uses 1024 / 256; "
+        "the peers were set to ours). Medians of interleaved windows; every window listed. "
+        "GFLOP/s = FLOPs of the architecture's BYOL step (counted on ours) × images/s.",
         "",
         "| backbone | batch | ours (img/s) | lucidrains (img/s) | lightly (img/s) "
         "| ours / lucidrains | ours / lightly | ours / faster peer | GFLOP/s ours / peers |",
@@ -395,8 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     if args.write:
-        current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-        RESULTS.write_text(replace_section(current, "peers", text))
+        write_section("peers", text)
         print(f"wrote {RESULTS}", file=sys.stderr)
     return 0
 

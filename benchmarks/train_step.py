@@ -39,11 +39,9 @@ from byol.bench import (
     conv3x3_rate,
     device_info,
     matmul_rate,
-    replace_section,
     step_flops_per_image,
 )
-
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+from results_file import RESULTS, write_section
 
 VARIANTS: dict[str, dict] = {
     "default": {},
@@ -120,7 +118,7 @@ def format_section(results: list[dict], ceiling: dict, command: str, load: str) 
         "--image-size 32 --batch-size 256 --precision fp32` (add `--no-channels-last`, "
         "`--ema loop`, `--lars loop`, `--sync-every-step` or `--compile` for the variants).",
         "",
-        "Machine ceiling (median of 3 windows): "
+        "Machine ceiling (best of 5 windows of 0.3 s): "
         + ", ".join(f"{k} {v:.1f}" for k, v in ceiling.items())
         + " GFLOP/s.",
         "",
@@ -213,8 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({"results": results, "ceiling": ceiling}, indent=2))
     if args.write:
-        current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-        RESULTS.write_text(replace_section(current, "train_step", text))
+        write_section("train_step", text)
         log(f"wrote {RESULTS}")
     return 0
 

@@ -16,11 +16,14 @@ and at the end of a round that the final ``last.pt`` (weights, optimizer state, 
 generator states) is bitwise equal to the reference run's, that the working directory the
 subprocesses ran in is still empty and that no temporary checkpoint file is left behind.
 
-Kill moments, by trial *mode* (chosen in a fixed rotation, delays drawn from a seeded RNG):
+Kill moments, by trial *mode* (chosen in a fixed rotation, delays drawn from a seeded RNG and
+stretched to twice the steps left per kill left, at least 3 steps but short of the end, so
+that a round's kills spread over the whole run):
 
 * ``checkpoint-write``: as soon as the harness sees a checkpoint's temporary file (the
-  payload being written and fsynced), after skipping 0-2 writes: kills inside the write;
-* ``training``: a random delay of up to three steps after the launch logged its first step;
+  payload being written and fsynced), after skipping a random number of writes: kills
+  inside the write;
+* ``training``: a random delay (in step times) after the launch logged its first step;
 * ``startup``: a random delay within the launch's start-up (imports, data, checkpoint load).
 
 Run the long version with ``.venv/bin/python -m pytest -m slow tests/test_faults.py -s`` or
@@ -67,7 +70,7 @@ class Trial:
     delay_s: float = 0.0  # seconds from launch to SIGKILL
     killed: bool = False  # False: the launch finished before the kill came
     mid_write: bool = False  # a checkpoint temporary file was on disk after the kill
-    steps_done: int = 0  # newest step the killed launch (or any before it) logged
+    steps_done: int = 0  # newest step the killed launch itself logged (0: none)
     checkpoint_step: int = 0  # newest valid checkpoint on disk after the kill
     invalid_files: list[str] = field(default_factory=list)
     resumed_step: int = -1  # the step the next launch resumed from
@@ -251,7 +254,11 @@ class FaultTrials:
         """An uninterrupted launch: its exit code and output."""
         if not self.in_process_ends:
             launch = self._launch(out)
-            code = launch.finish(self.timeout_s)
+            try:
+                code = launch.finish(self.timeout_s)
+            finally:  # a timeout or an interrupt must not leave the process running
+                if launch.running():
+                    launch.kill()
             return code, launch.output()
         from byol.cli import main
 
@@ -269,7 +276,9 @@ class FaultTrials:
             time.sleep(_POLL_S * 4)
         return False
 
-    def _kill_at_random(self, launch: _Launch, out: Path, trial: Trial) -> None:
+    def _kill_at_random(self, launch: _Launch, out: Path, trial: Trial, spread: float) -> None:
+        """SIGKILL ``launch`` at a moment chosen by ``trial.mode``; ``spread`` (in steps)
+        stretches the random delays so that a round's kills cover the whole run."""
         metrics = out / "metrics.jsonl"
         earlier_temporaries = _temporary_names(out / "checkpoints")
         lines_before = _lines_in(metrics)
@@ -281,14 +290,14 @@ class FaultTrials:
             if self._wait_for_training(launch, metrics, lines_before):
                 first = time.perf_counter()
                 lines_first = _lines_in(metrics)
-                deadline = first + self.rng.uniform(0.0, 3.0) * self.step_s
+                deadline = first + self.rng.uniform(0.0, spread) * self.step_s
                 while launch.running() and time.perf_counter() < deadline:
                     time.sleep(_POLL_S * 4)
                 done = _lines_in(metrics) - lines_first
                 if done > 0:  # a running estimate of one step's duration (with its checkpoint)
                     self.step_s = 0.5 * self.step_s + 0.5 * (time.perf_counter() - first) / done
         else:  # checkpoint-write
-            skip = self.rng.randint(0, 2)
+            skip = self.rng.randint(0, max(0, int(spread) - 1))
             seen: set[str] = set()
             folder = out / "checkpoints"
             while launch.running():
@@ -384,7 +393,16 @@ class FaultTrials:
             trial = Trial(self.rounds, len(self.results), mode)
             records_before = len(_metric_lines(out))
             launch = self._launch(out)
-            self._kill_at_random(launch, out, trial)
+            reached = self.results[-1].checkpoint_step if kills else 0
+            # Twice the steps left per kill left, so the expected progress per kill spreads
+            # the round's kills over the whole run; short of the end, so a kill still comes.
+            left = self.steps - reached
+            spread = min(max(3.0, 2 * left / (self.kills_per_round - kills)), max(1.0, left - 1))
+            try:
+                self._kill_at_random(launch, out, trial, spread)
+            finally:
+                if launch.running():
+                    launch.kill()
             new_records = _metric_lines(out)[records_before:]
             self._settle(pending, _resumed_from(launch.output(), new_records))
             if not trial.killed:  # the run reached its end before the kill came

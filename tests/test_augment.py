@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import colorsys
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -40,6 +41,10 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def replace_geometry(**changes) -> ViewConfig:
+    return replace(GEOMETRY_ONLY, **changes)
 
 
 def gen(seed: int) -> torch.Generator:
@@ -172,12 +177,6 @@ def test_crop_falls_back_to_central_clamped_crop_when_nothing_fits():
     width = 16 * 4 / 3
     expected = [(64 - width) / 2, 0.0, (64 + width) / 2, 16.0]
     np.testing.assert_allclose(box, np.tile(expected, (32, 1)), atol=1e-4)
-
-
-def replace_geometry(**changes) -> ViewConfig:
-    from dataclasses import replace
-
-    return replace(GEOMETRY_ONLY, **changes)
 
 
 def test_crop_boxes_and_flips_describe_the_output():

@@ -65,8 +65,13 @@ def test_interrupt_and_resume_is_exact(tmp_path):
     assert straight.step == 12
     first = run(tmp_path, "resumed", max_steps=6, checkpoint_every=100)
     assert first.step == 6
+    # Records a killed run wrote after its last checkpoint are dropped on resume.
+    metrics = tmp_path / "resumed" / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + json.dumps({"step": 8, "loss": -1.0}) + "\n")
     second = run(tmp_path, "resumed", max_steps=12, checkpoint_every=100)
     assert second.step == 12
+    steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines()]
+    assert steps == [2, 4, 6, 8, 10, 12]
     a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
     b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")
     assert a["model"].keys() == b["model"].keys()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import torchvision
 from torch import nn
 
 from .errors import ConfigError
@@ -59,6 +58,8 @@ class ConvNet(nn.Sequential):
 
 
 def _resnet(name: str, small_images: bool, in_channels: int) -> tuple[nn.Module, int]:
+    import torchvision  # imported here: it costs ~2 s of start-up that convnet runs don't need
+
     model = getattr(torchvision.models, name)(weights=None)
     feature_dim = model.fc.in_features
     model.fc = nn.Identity()

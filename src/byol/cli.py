@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import typing
 from collections.abc import Sequence
@@ -86,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_train(args: argparse.Namespace) -> int:
+def _run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .config import load_config
     from .train import train
 
@@ -98,9 +99,11 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.nproc and args.nproc > 1:
         from .ddp import launch_local
 
-        return launch_local(args.nproc, sys.argv[1:])
+        return launch_local(args.nproc, list(argv))
     config = load_config(args.config, overrides)
     result = train(config)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     print(f"byol: run folder      {result.out}")
     print(f"byol: checkpoint      {result.checkpoint}")
     print(
@@ -141,10 +144,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not _EXTRA_COMMANDS:
         _register_extra_commands()
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     try:
         if args.command == "train":
-            return _run_train(args)
+            return _run_train(args, argv)
         return int(args.handler(args) or 0)
     except ByolError as error:
         print(f"byol {args.command}: error: {error}", file=sys.stderr)

@@ -304,8 +304,8 @@ class Trainer:
         checkpoints = CheckpointManager(self.out / "checkpoints", keep=config.keep_checkpoints)
 
         start_step = 0
-        if self.is_main:
-            self._check_run_folder()
+        # Every rank checks (the folder is shared), so a refusal cannot leave ranks waiting.
+        self._check_run_folder()
         self.dist.barrier()
         if checkpoints.exists():
             payload, path, problems = checkpoints.load_latest(map_location=self.device)
@@ -337,7 +337,7 @@ class Trainer:
                 temporary = self.out / ".config.yaml.tmp"
                 temporary.write_text(yaml.safe_dump(config.to_dict(), sort_keys=True))
                 temporary.replace(self.out / "config.yaml")
-                writer = _MetricsWriter(self.out, tensorboard=config.tensorboard)
+                writer = _MetricsWriter(self.out, config.tensorboard, resume_step=start_step)
             except OSError as error:
                 raise ConfigError(
                     f"cannot write to the run folder {self.out}: {error.strerror or error}; "
@@ -597,12 +597,30 @@ def _restore_stop_handler(previous) -> None:
             signal.signal(signal.SIGTERM, previous)
 
 
+def _truncate_metrics(path: Path, resume_step: int) -> None:
+    """Drop records past the checkpoint being resumed: the resumed run writes them again."""
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= resume_step:
+            kept.append(line)
+    temporary = path.with_name(".metrics.jsonl.tmp")
+    temporary.write_text("".join(line + "\n" for line in kept))
+    temporary.replace(path)
+
+
 class _MetricsWriter:
     """metrics.jsonl (one JSON object per line, flushed) and TensorBoard scalars."""
 
-    def __init__(self, out: Path, tensorboard: bool) -> None:
+    def __init__(self, out: Path, tensorboard: bool, resume_step: int = 0) -> None:
         out.mkdir(parents=True, exist_ok=True)
-        self.file = open(out / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115
+        path = out / "metrics.jsonl"
+        if path.exists():
+            _truncate_metrics(path, resume_step)
+        self.file = open(path, "a", buffering=1)  # noqa: SIM115
         self.tb = None
         if tensorboard:
             try:
