@@ -210,7 +210,19 @@ class _Lightly:
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.06)
         self.step = 0
         self.total_steps = 100_000
-        self.last_step_seconds = 0.0
+        # Worker time to produce one batch (both views), timed on a sample in this process;
+        # each worker builds whole batches, so a full queue takes settle / workers of them.
+        dataset = loader.dataset
+        start = time.perf_counter()
+        for index in range(32):
+            dataset[index % len(dataset)]
+        self.refill_seconds = (
+            (time.perf_counter() - start)
+            / 32
+            * args.batch_size
+            * self.settle
+            / max(1, self.workers)
+        )
 
     def _cycle(self):
         while True:
@@ -221,7 +233,6 @@ class _Lightly:
         from lightly.utils.scheduler import cosine_schedule
 
         model = self.model
-        start = time.perf_counter()
         loss_sum = torch.zeros(())
         for _ in range(count):
             (x0, x1), _ = next(self.batches)
@@ -239,11 +250,10 @@ class _Lightly:
             self.optimizer.zero_grad()
             self.step += 1
         float(loss_sum)
-        self.last_step_seconds = (time.perf_counter() - start) / count
 
     def pause(self) -> None:
         # Let the workers refill their queue now rather than during the next runner's window.
-        time.sleep(min(30.0, self.settle * self.last_step_seconds))
+        time.sleep(min(30.0, 1.5 * self.refill_seconds))
 
 
 def _versions() -> dict[str, str]:
@@ -311,7 +321,7 @@ def format_results(results: list[dict], command: str, load: str) -> str:
         f"Measured {when} on {machine['cpu']} ({machine['cpu_count']} cores, "
         f"{machine['threads']} intra-op threads), Python {platform.python_version()}, "
         + ", ".join(f"{k} {v}" for k, v in versions.items())
-        + f". Load average at start: {load}.",
+        + f". Load averages (1, 5, 15 min): {load}.",
         "",
         "```",
         "bash benchmarks/peers-setup.sh",
@@ -387,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
         r = results[-1]
         print(f"{arch}: " + ", ".join(f"{k} {v:.1f} img/s" for k, v in r["images_per_s"].items())
               + f"; ours / faster peer {r['ratio_vs_faster_peer']:.2f}x", flush=True)  # fmt: skip
+    with open("/proc/loadavg") as loadavg:
+        load += " at start, " + " ".join(loadavg.read().split()[:3]) + " at the end"
     command = "benchmarks/.peers-venv/bin/python benchmarks/peers.py " + shlex.join(
         argv if argv is not None else sys.argv[1:]
     )

@@ -108,7 +108,7 @@ def format_section(results: list[dict], ceiling: dict, command: str, load: str) 
         "",
         f"Measured {when} on {machine['cpu']} ({machine['cpu_count']} cores, "
         f"{machine['threads']} intra-op threads), torch {machine['torch']}, Python "
-        f"{machine['python']}. Load average at start: {load} (the machine is shared).",
+        f"{machine['python']}. Load averages (1, 5, 15 min): {load} (the machine is shared).",
         "",
         "```",
         command,
@@ -173,13 +173,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="steps per window per --arch (default 6 convnet, else 2)")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS),
+                        help="default: all for the convnet; default, no channels_last and "
+                        "compile for others (EMA/LARS/sync are < 1%% of their step)")  # fmt: skip
     parser.add_argument("--profile-steps", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="a fast check of the script")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
-    if "default" not in args.variants:
+    if args.variants is not None and "default" not in args.variants:
         args.variants.insert(0, "default")
     batch_sizes = args.batch_size or [256 if a == "convnet" else 64 for a in args.arch]
     step_counts = args.steps or [6 if a == "convnet" else 2 for a in args.arch]
@@ -195,7 +197,10 @@ def main(argv: list[str] | None = None) -> int:
             arch=arch, image_size=32, batch_size=batch_size, precision="fp32", steps=steps,
             warmup=args.warmup, device="cpu", small_images=True,
         )  # fmt: skip
-        results.append(measure_arch(base, args.variants, args.rounds, args.profile_steps))
+        variants = args.variants or (
+            list(VARIANTS) if arch == "convnet" else ["default", "no channels_last", "compile"]
+        )
+        results.append(measure_arch(base, variants, args.rounds, args.profile_steps))
     log("measuring the matmul and convolution rates")
     cpu = torch.device("cpu")
     ceiling = {
@@ -206,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     command = ".venv/bin/python benchmarks/train_step.py " + shlex.join(
         argv if argv is not None else sys.argv[1:]
     )
+    with open("/proc/loadavg") as loadavg:
+        load += " at start, " + " ".join(loadavg.read().split()[:3]) + " at the end"
     text = format_section(results, ceiling, command.strip(), load)
     print(text)
     if args.json:

@@ -12,6 +12,7 @@ from matplotlib.image import imread
 
 from byol.cli import main
 from byol.evaluate import PAPER_LEARNING_RATES
+from byol.evaluation_run import eval_file_name
 from byol.report import make_report, read_metrics
 
 # 0.25 epoch of digits at batch 64 is 6 steps; the run finishes, so it ends with a k-NN record.
@@ -122,3 +123,9 @@ def test_read_metrics_keeps_the_last_record_of_a_relogged_step(tmp_path):
 def test_report_of_a_folder_that_is_not_a_run_exits_2(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert str(tmp_path) in capsys.readouterr().err
+
+
+def test_evaluations_on_other_datasets_do_not_replace_the_runs_eval_json():
+    assert eval_file_name("digits", "digits") == "eval.json"
+    assert eval_file_name("fashion-mnist", "digits") == "eval-fashion-mnist.json"
+    assert eval_file_name("/data/my photos/", "cifar10") == "eval-my_photos.json"

@@ -44,9 +44,9 @@ def _run_eval(args: argparse.Namespace) -> int:
         print(json.dumps(result))
         return 0
     sizes = result["split_sizes"]
-    print(f"{result['dataset']}: {sizes['train']} train ({sizes['val']} of them held out for the "
-          f"learning rate) / {sizes['test']} test images; checkpoint step {result['step']}; "
-          f"{result['seconds']:.1f}s\n")  # fmt: skip
+    held_out = f" ({sizes['val']} of them held out for the learning rate)" if sizes["val"] else ""
+    print(f"{result['dataset']}: {sizes['train']} train{held_out} / {sizes['test']} test images; "
+          f"checkpoint step {result['step']}; {result['seconds']:.1f}s\n")  # fmt: skip
     print(results_table(result), end="")
     if "written_to" in result:
         print(f"\nwritten to {result['written_to']}")

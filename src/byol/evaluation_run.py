@@ -15,15 +15,17 @@ from ``seed``, never trained) and ``pixels`` (the normalised raw pixels as featu
 
 The result is a JSON-serialisable dict; when the checkpoint lies in a run folder it is also
 written to ``RUN/eval.json`` (rows of earlier evaluations of the same checkpoint and dataset
-that this one did not redo are kept), which ``byol report`` turns into its table.
+that this one did not redo are kept), which ``byol report`` turns into its table. An
+evaluation on another dataset than the run's goes to ``RUN/eval-NAME.json`` instead.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ import torch
 from torch import nn
 
 from . import backbones
+from .data import ImageData
 from .errors import ConfigError, DataError
 from .handover import (
     EncoderInfo,
@@ -42,7 +45,7 @@ from .handover import (
     run_folder_of,
 )
 
-__all__ = ["BASELINES", "KNN_KS", "PROTOCOLS", "results_table", "run_evaluation"]
+__all__ = ["BASELINES", "KNN_KS", "PROTOCOLS", "eval_file_name", "results_table", "run_evaluation"]
 
 PROTOCOLS: tuple[str, ...] = ("linear", "knn", "all")
 BASELINES: tuple[str, ...] = ("random-init", "pixels")
@@ -56,7 +59,7 @@ def _say(message: str, quiet: bool) -> None:
         print(f"byol eval: {message}", file=sys.stderr, flush=True)
 
 
-def _labelled(dataset, name: str, split: str):
+def _labelled(dataset: ImageData, name: str, split: str) -> ImageData:
     labels = dataset.labels
     if labels is None:
         raise DataError(f"dataset {name!r} split {split!r} has no labels; eval needs labels")
@@ -77,6 +80,22 @@ def _random_init_encoder(info: EncoderInfo, seed: int, device: torch.device) -> 
             info.arch, small_images=info.small_images, in_channels=info.in_channels
         )
     return encoder.to(device).eval()
+
+
+def _features_of(
+    model: nn.Module | None,
+    dataset: ImageData,
+    info: EncoderInfo,
+    *,
+    batch_size: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """Frozen features of ``model``, or the normalised raw pixels when ``model`` is None."""
+    from .evaluate import pixel_features
+
+    if model is None:
+        return pixel_features(dataset.images, mean=info.mean, std=info.std)
+    return encode_dataset(model, dataset, info, batch_size=batch_size, device=device)
 
 
 def _augmented_crop(info: EncoderInfo) -> str:
@@ -157,15 +176,13 @@ def run_evaluation(
         the first protocol) and each row is ``{"name", "protocol", "top1", "top5",
         "learning_rate", "seconds", ...}`` (k-NN rows add ``k`` and ``temperature``).
     """
-    from .evaluate import linear_probe, linear_probe_augmented, pixel_features
+    from .evaluate import linear_probe, linear_probe_augmented
 
     if protocol not in PROTOCOLS:
         raise ConfigError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
-        raise ConfigError(
-            f"unknown --baseline {unknown[0]!r}; choose from {', '.join(BASELINES)}"
-        )
+        raise ConfigError(f"unknown --baseline {unknown[0]!r}; choose from {', '.join(BASELINES)}")
     if epochs is not None and epochs < 1:
         raise ConfigError(f"--epochs must be >= 1, got {epochs}")
     baselines = list(dict.fromkeys(baselines))
@@ -201,20 +218,15 @@ def run_evaluation(
     rows: list[dict[str, Any]] = []
     n_val = 0
     for row_name, model in encoders:
-        features: Callable[[Any], torch.Tensor]
-        if model is None:
-            def features(dataset):
-                return pixel_features(dataset.images, mean=info.mean, std=info.std)
-        else:
-            def features(dataset, model=model):
-                return encode_dataset(model, dataset, info, batch_size=batch_size,
-                                      device=run_device)  # fmt: skip
         need_features = protocol in ("knn", "all") or not augmented
         if model is None and (train_set.images is None or test_set.images is None):
             raise DataError(f"the pixels baseline needs {name!r} in memory; it is streamed")
         if need_features:
             tick = time.perf_counter()
-            train_features, test_features = features(train_set), features(test_set)
+            train_features, test_features = (
+                _features_of(model, dataset, info, batch_size=batch_size, device=run_device)
+                for dataset in (train_set, test_set)
+            )
             _say(f"{row_name}: features {tuple(train_features.shape)} in "
                  f"{time.perf_counter() - tick:.1f}s", quiet)  # fmt: skip
         if protocol in ("linear", "all"):
@@ -258,8 +270,18 @@ def run_evaluation(
     }
     run_folder = run_folder_of(checkpoint)
     if write_run_file and run_folder is not None:
-        result["written_to"] = str(_write_run_file(run_folder / EVAL_FILE, result))
+        target = run_folder / eval_file_name(str(name), info.data)
+        result["written_to"] = str(_write_run_file(target, result))
     return result
+
+
+def eval_file_name(dataset: str, trained_on: str | None) -> str:
+    """``eval.json`` for the dataset the run trained on (the one ``byol report`` shows);
+    ``eval-NAME.json`` for evaluations on other datasets, so they do not replace it."""
+    if trained_on is None or dataset == trained_on:
+        return EVAL_FILE
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(dataset).name or dataset).strip("._") or "data"
+    return f"eval-{stem}.json"
 
 
 def _row_key(row: dict[str, Any]) -> tuple[Any, ...]:
@@ -281,8 +303,11 @@ def _write_run_file(path: Path, result: dict[str, Any]) -> Path:
     ):
         redone = {_row_key(row) for row in rows}
         rows += [row for row in previous.get("rows", []) if _row_key(row) not in redone]
+    # The held-out size belongs to the linear rows, which may come from an earlier run.
+    sizes = {**result["split_sizes"],
+             "val": max([int(row.get("n_val") or 0) for row in rows] + [0])}  # fmt: skip
     try:
-        path.write_text(json.dumps({**result, "rows": rows}, indent=2) + "\n")
+        path.write_text(json.dumps({**result, "split_sizes": sizes, "rows": rows}, indent=2) + "\n")
     except OSError as error:
         raise DataError(f"cannot write {path}: {error.strerror}") from None
     return path

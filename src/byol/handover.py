@@ -38,6 +38,7 @@ training data and resized to ``image_size`` (see :func:`byol.evaluate.extract_fe
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,9 +55,11 @@ from .errors import CheckpointError, ConfigError, DataError
 
 __all__ = [
     "EXPORT_LAYOUTS",
+    "TORCHVISION_ARCHS",
     "EmbedResult",
     "EncoderInfo",
     "ExportResult",
+    "companion_paths",
     "embed",
     "encode_dataset",
     "export_encoder",
@@ -64,8 +67,10 @@ __all__ = [
     "load_encoder",
     "load_exported",
     "pick_device",
+    "read_export_metadata",
     "resolve_checkpoint",
     "run_folder_of",
+    "sidecar_path",
     "torchvision_encoder",
 ]
 
@@ -307,13 +312,13 @@ def embed(
     image folders. ``data`` defaults to the checkpoint's training dataset.
     """
     started = time.perf_counter()
+    out = Path(out).expanduser()
+    if out.suffix != ".npy":
+        raise ConfigError(f"--out {out} must end in .npy")
     run_device = pick_device(device)
     encoder, info = load_encoder(checkpoint, device=run_device)
     dataset = load_data_for(info, data, data_root=data_root, split=split)
     features = encode_dataset(encoder, dataset, info, batch_size=batch_size, device=run_device)
-    out = Path(out).expanduser()
-    if out.suffix != ".npy":
-        raise ConfigError(f"--out {out} must end in .npy")
     labels_path, paths_path = companion_paths(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -368,9 +373,7 @@ def torchvision_encoder(arch: str, *, small_images: bool, in_channels: int) -> n
     import torchvision
 
     if arch not in TORCHVISION_ARCHS:
-        raise ConfigError(
-            f"{arch!r} is not a torchvision architecture; use the byol layout for it"
-        )
+        raise ConfigError(f"{arch!r} is not a torchvision architecture; use the byol layout for it")
     model = getattr(torchvision.models, arch)(weights=None)
     model.fc = nn.Identity()
     if small_images:
@@ -457,6 +460,11 @@ def export_encoder(
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         save_file(state, str(out), metadata=_header_metadata(metadata))
+        # safetensors creates the file 0600 whatever the umask; a hand-over file should be
+        # readable like any other file the user writes.
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(out, 0o666 & ~mask)
         sidecar.write_text(json.dumps(metadata, indent=2) + "\n")
     except OSError as error:
         raise CheckpointError(f"cannot write {out}: {error.strerror}") from None

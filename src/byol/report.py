@@ -140,6 +140,10 @@ def plot_monitors(steps: list[dict], knn: list[dict], path: Path) -> Path:
         for e, t in zip(epochs, top1):
             left.annotate(f"{t:.1f}", (e, t), textcoords="offset points", xytext=(0, 5),
                           ha="center", fontsize=8)  # fmt: skip
+        # A few tenths of a point would otherwise fill the whole axis and look dramatic.
+        low, high = float(top1.min()), float(top1.max())
+        pad = max(2.5, (high - low) * 0.1)
+        left.set_ylim(max(0.0, low - pad), min(100.0, high + pad))
         bank = knn[-1].get("knn_bank")
         left.set_title("k-NN monitor" + (f" (bank {bank}, queries {knn[-1].get('knn_queries')})"
                                          if bank else ""))  # fmt: skip
@@ -390,8 +394,8 @@ def make_report(
         result.figures.append(plot_training_curves(steps, out_dir / "training_curves.png"))
         result.figures.append(plot_monitors(steps, knn, out_dir / "monitors.png"))
         sections += [
-            "Loss, learning rate and τ per logged step (each point is the mean over its "
-            "logging window):", "", "![training curves](training_curves.png)", "",
+            "Loss (mean over each logging window), learning rate and τ (at the logged step) "
+            "over optimizer steps:", "", "![training curves](training_curves.png)", "",
             "k-NN top-1 of the online encoder's features (weighted cosine vote, "
             f"k={config.get('knn_k', 200)}, T={config.get('knn_temperature', 0.1)}) and the "
             "collapse metric (std of the L2-normalised projections × √d: ~1 is healthy, near 0 "
@@ -412,10 +416,12 @@ def make_report(
         from .evaluation_run import results_table
 
         sizes = evaluation.get("split_sizes", {})
+        held_out = (f", {sizes['val']} of them held out to choose the linear-probe learning rate"
+                    if sizes.get("val") else "")  # fmt: skip
         sections += [
             f"`byol eval` on {evaluation.get('dataset')} (checkpoint step {evaluation.get('step')}"
-            f"; {sizes.get('train')} train images, {sizes.get('val')} of them held out to choose "
-            f"the linear-probe learning rate; {sizes.get('test')} test images):", "",
+            f"; {sizes.get('train')} train images{held_out}; {sizes.get('test')} test images; "
+            "frozen encoder, k-NN bank = the training split, queries = the test split):", "",
             results_table(evaluation).rstrip("\n"), "",
         ]  # fmt: skip
         if evaluation.get("step") is not None and summary and summary.get("step") not in (
