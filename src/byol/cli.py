@@ -106,9 +106,8 @@ def _run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         return 0
     print(f"byol: run folder      {result.out}")
     print(f"byol: checkpoint      {result.checkpoint}")
-    print(
-        f"byol: metrics         {result.out / 'metrics.jsonl'} (TensorBoard: {result.out / 'tb'})"
-    )
+    tensorboard = f" (TensorBoard: {result.out / 'tb'})" if config.tensorboard else ""
+    print(f"byol: metrics         {result.out / 'metrics.jsonl'}{tensorboard}")
     print(f"byol: config          {result.out / 'config.yaml'}")
     print(f"byol: steps           {result.step}/{result.total_steps}"
           + (f" (stopped: {result.stopped_early})" if result.stopped_early else ""))  # fmt: skip
