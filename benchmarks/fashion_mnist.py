@@ -86,7 +86,7 @@ def main() -> int:
         run_dir = out / f"seed{seed}"
         shutil.rmtree(run_dir, ignore_errors=True)
         config = resolve({**values, "seed": seed, "epochs": epochs, "out": str(run_dir),
-                          "time_limit": args.budget_minutes, "knn_every": 1,
+                          "time_limit": args.budget_minutes, "knn_every": 0,
                           "checkpoint_every": 10**9})  # fmt: skip
         print(f"seed {seed}: {images_per_s:.0f} images/s -> {epochs:.2f} epochs", flush=True)
         trainer = Trainer(config, show_progress=False)

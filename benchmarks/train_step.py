@@ -23,8 +23,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
+import resource
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -73,11 +76,19 @@ def measure_arch(base: BenchConfig, variants: list[str], rounds: int, profile_st
         runners[name] = runner
         log(f"{base.arch} {name}: warm-up {warmup_seconds[name]:.1f} s")
     rates: dict[str, list[float]] = {name: [] for name in runners}
+    host: dict[str, list[dict[str, float]]] = {name: [] for name in runners}
     for round_index in range(rounds):
         for name, runner in runners.items():
             runner.run_window(1)  # settle: caches and allocator back to this variant's state
+            before = resource.getrusage(resource.RUSAGE_SELF)
             seconds = runner.run_window(base.steps)
+            after = resource.getrusage(resource.RUSAGE_SELF)
             rates[name].append(base.steps * base.batch_size / seconds)
+            host[name].append({
+                "user_ms": 1000 * (after.ru_utime - before.ru_utime) / base.steps,
+                "system_ms": 1000 * (after.ru_stime - before.ru_stime) / base.steps,
+                "page_faults": (after.ru_minflt - before.ru_minflt) / base.steps,
+            })  # fmt: skip
         log(f"{base.arch} round {round_index + 1}/{rounds}: "
             + ", ".join(f"{n} {r[-1]:.1f}" for n, r in rates.items()))  # fmt: skip
     stages: dict[str, dict[str, float]] = {}
@@ -93,10 +104,47 @@ def measure_arch(base: BenchConfig, variants: list[str], rounds: int, profile_st
         "images_per_s": {name: statistics.median(r) for name, r in rates.items()},
         "windows": rates,
         "warmup_s": warmup_seconds,
+        "host_per_step": {
+            name: {k: statistics.median(w[k] for w in windows) for k in windows[0]}
+            for name, windows in host.items()
+        },
         "stages_ms": stages,
         "flops_per_image": flops,
         "profile": profile,
     }
+
+
+def measure_malloc(base: BenchConfig, rounds: int) -> dict:
+    """``byol bench`` in alternating subprocesses with and without keep_freed_memory (a
+    process-wide malloc setting, so it cannot be interleaved inside one process)."""
+    command = [
+        sys.executable, "-m", "byol", "bench", "--arch", base.arch, "--image-size",
+        str(base.image_size), "--batch-size", str(base.batch_size), "--precision",
+        base.precision, "--steps", str(base.steps), "--windows", "3", "--warmup",
+        str(max(1, base.warmup)), "--device", "cpu", "--small-images", "--no-stages",
+        "--no-flops", "--no-ceiling", "--json",
+    ]  # fmt: skip
+    settings = {"keep freed memory (default)": "1", "glibc malloc defaults": "0"}
+    runs: dict[str, list[dict]] = {name: [] for name in settings}
+    for round_index in range(rounds):
+        for name, value in settings.items():
+            env = {**os.environ, "BYOL_KEEP_FREED_MEMORY": value}
+            done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+            runs[name].append(json.loads(done.stdout))
+        log(f"{base.arch} malloc round {round_index + 1}/{rounds}: " + ", ".join(
+            f"{n} {r[-1]['images_per_s']:.1f}" for n, r in runs.items()
+        ))  # fmt: skip
+    summary = {}
+    for name, results in runs.items():
+        windows = [rate for result in results for rate in result["images_per_s_windows"]]
+        summary[name] = {
+            "images_per_s": statistics.median(windows),
+            "windows": windows,
+            **{key: statistics.median(r[f"{key}_per_step"] for r in results)
+               for key in ("user_ms", "system_ms", "page_faults")},
+        }  # fmt: skip
+    return {"command": "BYOL_KEEP_FREED_MEMORY=1 (or 0) " + shlex.join(["byol", *command[3:]]),
+            "results": summary}  # fmt: skip
 
 
 def format_section(results: list[dict], ceiling: dict, command: str, load: str) -> str:
@@ -135,21 +183,49 @@ def format_section(results: list[dict], ceiling: dict, command: str, load: str) 
             f"{flops * default / 1e9:.1f} GFLOP/s = **{100 * flops * default / 1e9 / best:.0f}% "
             "of the best measured rate**.",
             "",
+            "Stage times (ms) come from the instrumented pass; CPU time (user + system, both "
+            "threads) and page faults per step from getrusage over the timed windows.",
+            "",
             "| variant | images/s (median) | vs default | "
             + " | ".join(f"{s} ms" for s in STAGES)
-            + " | sum ms | warm-up s |",
-            "|---|---|---|" + "---|" * (len(STAGES) + 2),
+            + " | sum ms | CPU ms user + sys | page faults | warm-up s |",
+            "|---|---|---|" + "---|" * (len(STAGES) + 4),
         ]
         for name, rate in r["images_per_s"].items():
             stage = r["stages_ms"][name]
+            usage = r["host_per_step"][name]
             lines.append(
                 f"| {name} | {rate:.1f} | {rate / default:.2f}× | "
                 + " | ".join(f"{stage[s]:.1f}" for s in STAGES)
-                + f" | {stage['sum']:.1f} | {r['warmup_s'][name]:.1f} |"
+                + f" | {stage['sum']:.1f} | {usage['user_ms']:.0f} + {usage['system_ms']:.0f} "
+                f"| {usage['page_faults']:.0f} | {r['warmup_s'][name]:.1f} |"
             )
         lines += ["", "Windows (images/s): " + "; ".join(
             f"{n}: " + ", ".join(f"{v:.1f}" for v in w) for n, w in r["windows"].items()
         ), ""]  # fmt: skip
+        malloc = r.get("malloc")
+        if malloc:
+            lines += [
+                "Freed-memory reuse (`byol.train.keep_freed_memory`, process-wide, so measured "
+                "in alternating `byol bench` subprocesses):",
+                "",
+                "```",
+                malloc["command"],
+                "```",
+                "",
+                "| malloc | images/s (median) | vs glibc defaults | CPU ms user + sys per step "
+                "| page faults per step | windows |",
+                "|---|---|---|---|---|---|",
+            ]
+            baseline = malloc["results"]["glibc malloc defaults"]["images_per_s"]
+            for name, m in malloc["results"].items():
+                lines.append(
+                    f"| {name} | {m['images_per_s']:.1f} | {m['images_per_s'] / baseline:.2f}× "
+                    f"| {m['user_ms']:.0f} + {m['system_ms']:.0f} | {m['page_faults']:.0f} | "
+                    + ", ".join(f"{v:.1f}" for v in m["windows"])
+                    + " |"
+                )
+            lines.append("")
         if r["profile"]:
             lines += [
                 "<details><summary>torch.profiler, default variant (top operators by self "
@@ -177,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="default: all for the convnet; default, no channels_last and "
                         "compile for others (EMA/LARS/sync are < 1%% of their step)")  # fmt: skip
     parser.add_argument("--profile-steps", type=int, default=3)
+    parser.add_argument("--malloc-rounds", type=int, default=2,
+                        help="subprocess pairs for the malloc comparison (0: skip)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="a fast check of the script")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
@@ -188,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         batch_sizes = [16] * len(args.arch)
         step_counts, args.rounds, args.warmup, args.profile_steps = [1] * len(args.arch), 2, 1, 1
+        args.malloc_rounds = min(args.malloc_rounds, 1)
     with open("/proc/loadavg") as loadavg:
         load = " ".join(loadavg.read().split()[:3])
 
@@ -201,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
             list(VARIANTS) if arch == "convnet" else ["default", "no channels_last", "compile"]
         )
         results.append(measure_arch(base, variants, args.rounds, args.profile_steps))
+        if args.malloc_rounds:
+            results[-1]["malloc"] = measure_malloc(base, args.malloc_rounds)
     log("measuring the matmul and convolution rates")
     cpu = torch.device("cpu")
     ceiling = {

@@ -5,6 +5,10 @@ problem sizes so the whole file runs in seconds.
 """
 
 import json
+import os
+import platform
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -49,6 +53,10 @@ def test_cli_json_has_every_field_with_sane_values(small_ceiling, capsys):
     # step_ms is the median window's time per step: batch / images_per_s.
     assert result["step_ms"] == pytest.approx(1000 * 8 / result["images_per_s"], rel=1e-6)
     assert result["loss"] is not None and 0.0 <= result["loss"] <= 8.0
+
+    for key in ("user_ms_per_step", "system_ms_per_step", "page_faults_per_step"):
+        assert result[key] >= 0
+    assert result["keep_freed_memory"] is _glibc()
 
     stages = result["stages_ms"]
     assert list(stages) == list(bench.STAGES)
@@ -162,3 +170,17 @@ def test_loop_lars_step_equals_lars_step():
             optimizer.step()
     for a, b in zip(net.parameters(), twin.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def _glibc() -> bool:
+    return sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
+
+
+@pytest.mark.parametrize(("setting", "expected"), [("1", True), ("0", False)])
+def test_keep_freed_memory_is_on_by_default_and_can_be_turned_off(setting, expected):
+    code = "from byol.train import keep_freed_memory as k; print(k(), k())"
+    env = {**os.environ, "BYOL_KEEP_FREED_MEMORY": setting}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    on = expected and _glibc()
+    assert done.stdout.split() == [str(on), str(on)]

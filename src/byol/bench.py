@@ -153,6 +153,16 @@ def device_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
+def _process_usage() -> dict[str, float] | None:
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return None
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"user_ms": 1000 * usage.ru_utime, "system_ms": 1000 * usage.ru_stime,
+            "page_faults": float(usage.ru_minflt + usage.ru_majflt)}  # fmt: skip
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as cpuinfo:
@@ -458,9 +468,13 @@ def run_bench(config: BenchConfig, *, log: Callable[[str], None] | None = None) 
     ``step_ms`` (median), ``warmup_s``, ``stages_ms`` (per-stage medians, with
     ``stages_sum_ms``), ``flops_per_image``, ``achieved_gflops``, ``matmul_gflops`` (per
     precision), ``conv3x3_gflops`` (per memory format), ``ceiling_gflops`` and
-    ``fraction_of_ceiling`` (None where not measured), ``loss`` (the last window's mean loss,
-    a sanity check) and ``profile`` (table text, when asked).
+    ``fraction_of_ceiling`` (None where not measured), ``user_ms_per_step``,
+    ``system_ms_per_step`` and ``page_faults_per_step`` (this process, over the timed windows),
+    ``keep_freed_memory``, ``loss`` (the last window's mean loss, a sanity check) and
+    ``profile`` (table text, when asked).
     """
+    from .train import keep_freed_memory
+
     say = log or (lambda message: None)
     config.check()
     runner = TrainStepRunner(config)
@@ -478,15 +492,28 @@ def run_bench(config: BenchConfig, *, log: Callable[[str], None] | None = None) 
     result["warmup_s"] = time.perf_counter() - start
 
     seconds = []
+    usage_before = _process_usage()
     for window in range(config.windows):
         seconds.append(runner.run_window(config.steps))
         say(f"window {window + 1}/{config.windows}: "
             f"{config.steps * config.batch_size / seconds[-1]:.1f} images/s")  # fmt: skip
+    usage_after = _process_usage()
     rates = [config.steps * config.batch_size / s for s in seconds]
     result["images_per_s"] = statistics.median(rates)
     result["images_per_s_windows"] = rates
     result["step_ms"] = 1000 * statistics.median(seconds) / config.steps
     result["loss"] = runner.last_loss
+    # Host-side costs of the timed windows, per step: CPU time in user and kernel mode and
+    # page faults (fresh memory being zero-filled). None where the OS does not report them.
+    timed_steps = config.windows * config.steps
+    for key in ("user_ms", "system_ms", "page_faults"):
+        result[f"{key}_per_step"] = (
+            (usage_after[key] - usage_before[key]) / timed_steps
+            if usage_before and usage_after
+            else None
+        )
+    # Whether malloc keeps freed blocks (see byol.train.keep_freed_memory; CPU runs only).
+    result["keep_freed_memory"] = keep_freed_memory() if device.type == "cpu" else None
 
     if config.stages:
         say(f"instrumented pass: {config.steps} steps")
@@ -553,6 +580,13 @@ def format_table(result: dict[str, Any]) -> str:
     if config["ema"] != "foreach" or config["lars"] != "foreach" or config["sync_every_step"]:
         rows.append(("variant", f"ema {config['ema']}, lars {config['lars']}, sync every step "
                                 f"{'on' if config['sync_every_step'] else 'off'}"))  # fmt: skip
+    if result.get("system_ms_per_step") is not None:
+        rows.append((
+            "host per step",
+            f"{result['user_ms_per_step']:.0f} ms user, {result['system_ms_per_step']:.0f} ms "
+            f"system CPU time, {result['page_faults_per_step']:.0f} page faults "
+            f"(keep freed memory: {result['keep_freed_memory']})",
+        ))  # fmt: skip
     if result.get("stages_ms"):
         total = result["stages_sum_ms"] or 1.0
         for stage, ms in result["stages_ms"].items():
