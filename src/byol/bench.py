@@ -33,7 +33,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -100,7 +100,6 @@ class BenchConfig:
     ceiling: bool = True
     profile_steps: int = 0
     seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def check(self) -> None:
         """Raise :class:`ConfigError` naming the first bad setting."""
@@ -111,9 +110,8 @@ class BenchConfig:
             if not isinstance(value, int) or value < low:
                 flag = "--" + name.replace("_", "-")
                 raise ConfigError(f"{flag} must be an integer >= {low}, got {value!r}")
-        for name in ("warmup", "profile_steps"):
+        for name, flag in (("warmup", "--warmup"), ("profile_steps", "--profile")):
             if getattr(self, name) < 0:
-                flag = "--" + name.replace("_", "-")
                 raise ConfigError(f"{flag} must be >= 0, got {getattr(self, name)!r}")
         if self.source_size is not None and self.source_size < 4:
             raise ConfigError(f"--source-size must be >= 4, got {self.source_size!r}")
@@ -480,7 +478,7 @@ def run_bench(config: BenchConfig, *, log: Callable[[str], None] | None = None) 
     runner = TrainStepRunner(config)
     device = runner.device
     result: dict[str, Any] = {
-        "config": {k: v for k, v in asdict(config).items() if k != "extra"},
+        "config": asdict(config),
         "machine": device_info(device),
         "precision_dtype": str(_DTYPES[config.precision]).removeprefix("torch."),
     }
