@@ -31,8 +31,8 @@ Timing: every implementation first runs ``--warmup`` steps; then ``--rounds`` ro
 one window of ``--steps`` steps per implementation, interleaved, so a load change on the machine
 hits all of them alike. Before each window a few untimed steps let the implementation reach its
 steady state (lightly: its prefetch queue, which fills while the others run, is drained first;
-after its window the run pauses while its workers refill, so they do not steal the next
-window's CPU). Medians of the windows are compared.
+after its window the run waits until its workers are idle, their queue full again, so they
+do not steal the next window's CPU). Medians of the windows are compared.
 
 Writes its section of benchmarks/RESULTS.md (between ``<!-- peers:begin -->`` and
 ``<!-- peers:end -->``) with ``--write``; several ``--arch`` values go into one table.
@@ -45,6 +45,7 @@ import copy
 import ctypes
 import datetime
 import json
+import os
 import platform
 import shlex
 import statistics
@@ -211,19 +212,6 @@ class _Lightly:
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.06)
         self.step = 0
         self.total_steps = 100_000
-        # Worker time to produce one batch (both views), timed on a sample in this process;
-        # each worker builds whole batches, so a full queue takes settle / workers of them.
-        dataset = loader.dataset
-        start = time.perf_counter()
-        for index in range(32):
-            dataset[index % len(dataset)]
-        self.refill_seconds = (
-            (time.perf_counter() - start)
-            / 32
-            * args.batch_size
-            * self.settle
-            / max(1, self.workers)
-        )
 
     def _cycle(self):
         while True:
@@ -254,7 +242,36 @@ class _Lightly:
 
     def pause(self) -> None:
         # Let the workers refill their queue now rather than during the next runner's window.
-        time.sleep(min(30.0, 1.5 * self.refill_seconds))
+        _wait_until_children_idle()
+
+
+def _children_cpu_seconds() -> float:
+    """CPU time used so far by this process's live child processes (DataLoader workers)."""
+    total, me, tick = 0.0, os.getpid(), os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        if int(fields[1]) == me:  # parent pid
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return total
+
+
+def _wait_until_children_idle(limit: float = 30.0, quiet: float = 0.2) -> None:
+    """Sleep until the child processes have used no CPU for ``quiet`` seconds (at most
+    ``limit``): the workers' prefetch queue is then full and they stop competing."""
+    deadline = time.perf_counter() + limit
+    used = _children_cpu_seconds()
+    while time.perf_counter() < deadline:
+        time.sleep(quiet)
+        now = _children_cpu_seconds()
+        if now - used < 0.01:
+            return
+        used = now
 
 
 def _set_malloc(keep_freed_memory: bool) -> None:
@@ -303,24 +320,31 @@ def compare(args: argparse.Namespace, log=print) -> dict:
     images = torch.randint(0, 256, (count, 3, args.image_size, args.image_size),
                            dtype=torch.uint8, generator=generator)  # fmt: skip
     runners = [_Ours(args, images), _Lucidrains(args, images), _Lightly(args, images)]
-    keeps_freed_memory = {"ours": True, "lucidrains": args.peers_malloc == "kept",
-                          "lightly": args.peers_malloc == "kept"}  # fmt: skip
-    for runner in runners:
-        log(f"{args.arch}: warm-up {runner.name} ({args.warmup} steps)")
-        _set_malloc(keeps_freed_memory[runner.name])
+    # (label, runner, malloc keeps freed memory): ours always as byol train runs it; the peers
+    # as they ship, and with --peers-malloc both also with our setting, in extra windows.
+    slots = [("ours", runners[0], True)]
+    for peer in runners[1:]:
+        if args.peers_malloc in ("default", "both"):
+            slots.append((peer.name, peer, False))
+        if args.peers_malloc in ("kept", "both"):
+            label = peer.name if args.peers_malloc == "kept" else f"{peer.name} (kept)"
+            slots.append((label, peer, True))
+    for label, runner, keep in slots:
+        log(f"{args.arch}: warm-up {label} ({args.warmup} steps)")
+        _set_malloc(keep)
         runner.steps(args.warmup)
         runner.pause()
-    seconds: dict[str, list[float]] = {runner.name: [] for runner in runners}
+    seconds: dict[str, list[float]] = {label: [] for label, _, _ in slots}
     for round_index in range(args.rounds):
-        for runner in runners:
-            _set_malloc(keeps_freed_memory[runner.name])
+        for label, runner, keep in slots:
+            _set_malloc(keep)
             runner.steps(runner.settle)
             start = time.perf_counter()
             runner.steps(args.steps)
-            seconds[runner.name].append(time.perf_counter() - start)
+            seconds[label].append(time.perf_counter() - start)
             runner.pause()
-            rate = args.steps * args.batch_size / seconds[runner.name][-1]
-            log(f"{args.arch}: round {round_index + 1}/{args.rounds} {runner.name}: "
+            rate = args.steps * args.batch_size / seconds[label][-1]
+            log(f"{args.arch}: round {round_index + 1}/{args.rounds} {label}: "
                 f"{rate:.1f} images/s")  # fmt: skip
     rates = {
         name: [args.steps * args.batch_size / s for s in values] for name, values in seconds.items()
@@ -455,16 +479,27 @@ def format_results(
         ]
         for r in results:
             lines += _analysis(r, best)
-    malloc = (
-        "the peers' windows ran with glibc's own steady-state malloc thresholds (as they ship; "
-        "ours raises them, see `byol.train.keep_freed_memory`)"
-        if first["peers_malloc"] == "default"
-        else "all three ran with our malloc setting (`--peers-malloc kept`: the peers get our "
-        "freed-memory reuse too)"
-    )
+    malloc = {
+        "default": "the peers' windows ran with glibc's own steady-state malloc thresholds (as "
+        "they ship; ours raises them, see `byol.train.keep_freed_memory`)",
+        "kept": "all three ran with our malloc setting (`--peers-malloc kept`: the peers get "
+        "our freed-memory reuse too)",
+        "both": "the table's peer columns ran with glibc's own steady-state malloc thresholds "
+        "(as they ship; ours raises them, see `byol.train.keep_freed_memory`); extra windows "
+        "gave the peers our setting too, for the ratios below",
+    }[first["peers_malloc"]]
+    lines += ["", f"Malloc: {malloc}."]
+    for r in results:
+        m = r["images_per_s"]
+        if "lucidrains (kept)" in m:
+            faster = max(m["lucidrains (kept)"], m["lightly (kept)"])
+            lines.append(
+                f"- {r['arch']}, peers with our malloc setting: lucidrains "
+                f"{m['lucidrains (kept)']:.1f}, lightly {m['lightly (kept)']:.1f} images/s; "
+                f"ours / faster peer **{m['ours'] / faster:.2f}×**."
+            )
     lines += [
         "",
-        f"Malloc: {malloc}.",
         "",
         "What differs besides speed: lucidrains draws one set of colour/blur/crop parameters "
         "per batch (not per image) and runs the two views concatenated through each network "
@@ -489,9 +524,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="lightly's DataLoader workers")
-    parser.add_argument("--peers-malloc", choices=("default", "kept"), default="default",
-                        help="glibc malloc state during the peers' windows: glibc's own "
-                        "(default, as they ship) or ours (kept: reuse freed memory)")  # fmt: skip
+    parser.add_argument("--peers-malloc", choices=("default", "kept", "both"), default="both",
+                        help="malloc state in the peers' windows: glibc's (default: as "
+                        "they ship), ours (kept), or both, in separate windows")  # fmt: skip
     parser.add_argument("--dataset-batches", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the raw results here")
