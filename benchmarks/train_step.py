@@ -3,10 +3,10 @@
 For each backbone (default: the CPU-scale convnet at batch 256 and the small-stem ResNet-18 at
 batch 64, both 32 px, fp32) it builds one :class:`byol.bench.TrainStepRunner` per variant
 
-* ``default``: what ``byol train`` does (channels_last, fused foreach EMA and LARS, no host
-  sync in the step, no compile);
-* ``no channels_last``, ``loop EMA``, ``loop LARS``, ``sync every step``: one optimisation
-  undone each;
+* ``default``: what ``byol train`` does (channels_last, the loss's two halves on two threads,
+  fused foreach EMA and LARS, no host sync in the step, no compile);
+* ``no channels_last``, ``no parallel views``, ``loop EMA``, ``loop LARS``,
+  ``sync every step``: one optimisation undone each;
 * ``compile``: ``torch.compile`` of the model (``--compile`` in ``byol train``);
 
 then times them in interleaved windows (every round runs one window of each variant, so load
@@ -49,6 +49,7 @@ from results_file import RESULTS, write_section
 VARIANTS: dict[str, dict] = {
     "default": {},
     "no channels_last": {"channels_last": False},
+    "no parallel views": {"parallel_views": False},
     "loop EMA": {"ema": "loop"},
     "loop LARS": {"lars": "loop"},
     "sync every step": {"sync_every_step": True},
@@ -290,7 +291,9 @@ def main(argv: list[str] | None = None) -> int:
             warmup=args.warmup, device="cpu", small_images=True,
         )  # fmt: skip
         variants = args.variants or (
-            list(VARIANTS) if arch == "convnet" else ["default", "no channels_last", "compile"]
+            list(VARIANTS)
+            if arch == "convnet"
+            else ["default", "no channels_last", "no parallel views", "compile"]
         )
         results.append(measure_arch(base, variants, args.rounds, args.profile_steps))
         if args.malloc_rounds:

@@ -85,6 +85,7 @@ class BenchConfig:
     windows: int = 3
     compile: bool = False
     channels_last: bool = True
+    parallel_views: bool = True
     device: str = "auto"
     small_images: bool | None = None
     hidden_dim: int = 4096
@@ -345,7 +346,8 @@ class TrainStepRunner:
             "hidden_dim": config.hidden_dim, "projection_dim": config.projection_dim,
             "augment": config.augment, "precision": config.precision,
             "compile": config.compile, "channels_last": config.channels_last,
-            "device": config.device, "seed": config.seed, "epochs": 1000.0,
+            "parallel_views": config.parallel_views, "device": config.device,
+            "seed": config.seed, "epochs": 1000.0,
             "warmup_epochs": 1.0, "num_workers": 0, "knn_every": 0, "tensorboard": False,
         })  # fmt: skip
         self.trainer = Trainer(train_config, show_progress=False)

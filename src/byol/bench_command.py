@@ -41,6 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                         default=defaults.channels_last,
                         help="channels_last memory format (default: on)")  # fmt: skip
+    parser.add_argument("--parallel-views", action=argparse.BooleanOptionalAction,
+                        default=defaults.parallel_views,
+                        help="CPU fp32: the loss's two halves on two threads at once, as "
+                        "byol train does (default: on)")  # fmt: skip
     parser.add_argument("--device", default=defaults.device,
                         help="auto, cpu, cuda or cuda:N (default: %(default)s)")  # fmt: skip
     parser.add_argument("--small-images", action=argparse.BooleanOptionalAction, default=None,
@@ -75,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
     config = BenchConfig(
         arch=args.arch, image_size=args.image_size, batch_size=args.batch_size,
         precision=args.precision, steps=args.steps, warmup=args.warmup, windows=args.windows,
-        compile=args.compile, channels_last=args.channels_last, device=args.device,
+        compile=args.compile, channels_last=args.channels_last,
+        parallel_views=args.parallel_views, device=args.device,
         small_images=args.small_images, hidden_dim=args.hidden_dim,
         projection_dim=args.projection_dim, source_size=args.source_size, ema=args.ema,
         lars=args.lars, sync_every_step=args.sync_every_step, stages=args.stages,

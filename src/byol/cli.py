@@ -41,6 +41,8 @@ _HELP = {
     "time_limit": "stop (with a checkpoint) after this many minutes",
     "precision": "fp32 | bf16 | fp16 (auto: fp32 on CPU, bf16 on GPU)",
     "compile": "torch.compile the training step",
+    "parallel_views": "on CPU (fp32, no DDP/compile), run the two halves of the loss on two "
+    "threads at once (byol.view_parallel)",
     "checkpoint_every": "write a checkpoint every N optimizer steps (and at the end)",
     "knn_every": "k-NN monitor every N epochs (0: off)",
     "skip_nonfinite": "skip steps whose loss is NaN/inf instead of stopping (counted in metrics)",

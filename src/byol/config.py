@@ -60,6 +60,7 @@ class TrainConfig:
     precision: str = "auto"
     channels_last: bool = True
     compile: bool = False
+    parallel_views: bool = True
     num_workers: int = 2
     seed: int = 0
     deterministic: bool = False

@@ -44,6 +44,7 @@ from .errors import ByolError, ConfigError, DataError
 from .model import BYOL
 from .optim import LARS, param_groups
 from .schedules import target_decay, warmup_cosine_lr
+from .view_parallel import ViewParallelStep, supports_parallel_views
 
 __all__ = ["RunResult", "Trainer", "train"]
 
@@ -51,7 +52,7 @@ __all__ = ["RunResult", "Trainer", "train"]
 RESUMABLE_CHANGES = frozenset(
     {"max_steps", "time_limit", "num_workers", "log_every", "checkpoint_every", "config",
      "keep_checkpoints", "tensorboard", "out", "device", "knn_every", "download", "data_root",
-     "strict"}
+     "strict", "parallel_views"}
 )  # fmt: skip
 COLLAPSE_WARNING = 0.05
 
@@ -231,6 +232,15 @@ class Trainer:
             self.forward = self.dist.wrap(self.model)
         if config.compile:
             self.forward = torch.compile(self.forward)
+        # Two halves of the loss on two threads: a CPU-only gain (see byol.view_parallel);
+        # DDP's gradient hooks and compiled graphs need the plain module call.
+        self.view_parallel = None
+        if (
+            config.parallel_views and self.device.type == "cpu" and self.precision == "fp32"
+            and not self.dist.enabled and not config.compile and torch.get_num_threads() >= 2
+            and supports_parallel_views(self.model)
+        ):  # fmt: skip
+            self.view_parallel = ViewParallelStep(self.model)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         self.generator = torch.Generator(device=self.device)
@@ -482,6 +492,8 @@ class Trainer:
                 progress.close()
             if writer:
                 writer.close()
+            if self.view_parallel is not None:
+                self.view_parallel.close()
 
         result = RunResult(
             out=self.out, step=max(step, start_step), total_steps=self.total_steps,
@@ -523,6 +535,13 @@ class Trainer:
             if mark is not None:
                 mark("augment")
             sync = self.dist.no_sync(self.forward) if index < len(micro_batches) - 1 else None
+            if self.view_parallel is not None:
+                loss, stats = self.view_parallel.step(view1, view2, 1.0 / len(micro_batches))
+                if mark is not None:  # forward and backward interleave: one stage
+                    mark("forward")
+                    mark("backward")
+                total_loss += loss / len(micro_batches)
+                continue
             with sync or contextlib.nullcontext(), torch.autocast(
                 self.device.type, dtype=self.autocast_dtype or torch.float32,
                 enabled=self.autocast_dtype is not None,
