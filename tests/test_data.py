@@ -201,8 +201,9 @@ def _corrupt_folder(root: Path) -> tuple[Path, Path]:
     garbage = root / "b.png"
     garbage.write_bytes(b"this is not an image at all")
     truncated = root / "d.png"
-    _save(Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)),
-          truncated)
+    _save(
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)), truncated
+    )
     truncated.write_bytes(truncated.read_bytes()[:300])  # header intact, pixel data cut
     return garbage, truncated
 
@@ -419,8 +420,18 @@ def _write_fake_cifar10(root: Path, per_batch: int = 4) -> tuple[np.ndarray, lis
         if name != "test_batch":
             train_data.append(data)
             train_labels += labels
-    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-             "truck"]
+    names = [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
     with open(folder_path / "batches.meta", "wb") as handle:
         pickle.dump({"label_names": names}, handle)
     return np.concatenate(train_data).reshape(-1, 3, 32, 32), train_labels

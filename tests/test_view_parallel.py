@@ -56,9 +56,7 @@ def test_gradients_loss_and_running_statistics_match_the_sequential_step(two_thr
         assert parallel_stats["collapse_std"].item() == pytest.approx(
             stats["collapse_std"].item(), rel=1e-6
         )
-    for (name, a), b in zip(
-        sequential.named_parameters(), parallel.parameters(), strict=True
-    ):
+    for (name, a), b in zip(sequential.named_parameters(), parallel.parameters(), strict=True):
         if a.requires_grad:
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-12, msg=name)
         else:  # stop-gradient: the target gets none on either path

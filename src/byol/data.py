@@ -91,7 +91,11 @@ def load_dataset(
         from byol.datasets.folder import load_folder
 
         return load_folder(
-            str(path), path, split=split, image_size=image_size, strict=strict,
+            str(path),
+            path,
+            split=split,
+            image_size=image_size,
+            strict=strict,
             in_memory=in_memory,
         )
     if path.is_file():

@@ -93,9 +93,7 @@ class ImageData:
         if self.labels is not None:
             labels = self.labels.to(torch.int64).reshape(-1)
             if labels.shape[0] != len(self):
-                raise DataError(
-                    f"{self.name}: {labels.shape[0]} labels for {len(self)} images"
-                )
+                raise DataError(f"{self.name}: {labels.shape[0]} labels for {len(self)} images")
             self.labels = labels
         if self.paths is not None and len(self.paths) != len(self):
             raise DataError(f"{self.name}: {len(self.paths)} paths for {len(self)} images")

@@ -33,7 +33,16 @@ from byol.datasets.base import ImageData
 from byol.errors import DataError
 
 IMAGE_EXTENSIONS = (
-    ".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm",
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".webp",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".ppm",
+    ".pgm",
 )
 DEFAULT_IMAGE_SIZE = 64
 # Decoded size above which a folder is streamed from disk rather than held in memory.

@@ -46,9 +46,7 @@ def _construct(name: str, root: Path, split: str, download: bool) -> Any:
 def load_torchvision(name: str, root: Path, split: str, download: bool) -> ImageData:
     """Load ``name`` (cifar10, cifar100 or stl10) from ``root``, downloading if asked."""
     if split not in SPLITS[name]:
-        raise ConfigError(
-            f"unknown split {split!r} for {name}: use {', '.join(SPLITS[name])}"
-        )
+        raise ConfigError(f"unknown split {split!r} for {name}: use {', '.join(SPLITS[name])}")
     folder_name, files = LAYOUT[name]
     if root.name == folder_name:
         root = root.parent
