@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import statistics
 import sys
@@ -67,6 +68,9 @@ def main() -> int:
     parser.add_argument("--out", default="runs/fashion-mnist-bench")
     parser.add_argument("--supervised", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--write-results", action="store_true")
+    parser.add_argument("--from-results", type=Path, metavar="RESULTS_JSON",
+                        help="train nothing: print (and with --write-results write) the "
+                        "table of an earlier run's results.json (and its other flags)")  # fmt: skip
     args = parser.parse_args()
 
     out = Path(args.out)
@@ -74,6 +78,12 @@ def main() -> int:
     for item in args.set:
         key, _, value = item.partition("=")
         values[key.replace("-", "_")] = value
+    if args.from_results:
+        table = format_table(json.loads(args.from_results.read_text()), args, values)
+        print(table)
+        if args.write_results:
+            write_section("fashion_mnist", table)
+        return 0
     train = load_dataset("fashion-mnist", split="train")
     test = load_dataset("fashion-mnist", split="test")
     mean, std = train.mean_std()
@@ -98,7 +108,9 @@ def main() -> int:
         size = trainer.image_size
         byol_row = evaluate(trainer.model.online_encoder, train, test, mean, std, size, seed)
         byol_row.update(name="BYOL", seed=seed, epochs=epochs, train_seconds=train_seconds,
-                        steps=result.step, images_per_s=images_per_s)  # fmt: skip
+                        steps=result.step, total_steps=result.total_steps,
+                        batch_size=trainer.config.batch_size, train_images=len(train),
+                        images_per_s=images_per_s)  # fmt: skip
         rows.append(byol_row)
         small = trainer.config.small_images
         if small is None:
@@ -159,7 +171,15 @@ def format_table(rows, args, values) -> str:
     ]
     for row in rows:
         training = ""
-        if "epochs" in row and row.get("train_seconds"):
+        if row.get("steps") and row.get("train_seconds"):
+            # Epochs actually trained; the schedule spans the planned length, and a run the
+            # wall-clock budget stopped early says how far through it got.
+            per_epoch = (row.get("train_images") or 60000) // (row.get("batch_size") or 128)
+            total = row.get("total_steps") or math.ceil(row["epochs"] * per_epoch)
+            training = f"{row['steps'] / per_epoch:.2f} epochs, {row['train_seconds'] / 60:.1f} min"
+            if row["steps"] < total:
+                training += f" (budget stopped the schedule at step {row['steps']} of {total})"
+        elif "epochs" in row and row.get("train_seconds"):
             training = f"{row['epochs']:.2f} epochs, {row['train_seconds'] / 60:.1f} min"
         lines.append(f"| {row['name']} | {row['seed']} | {pct(row.get('linear_top1'))} | "
                      f"{pct(row.get('linear_top5'))} | {pct(row.get('knn_top1'))} | "
