@@ -194,7 +194,9 @@ def format_section(results: list[dict], ceiling: dict, command: str, load: str) 
             "of the best measured rate**.",
             "",
             "Stage times (ms) come from the instrumented pass; CPU time (user + system, both "
-            "threads) and page faults per step from getrusage over the timed windows.",
+            "threads) and page faults per step from getrusage over the timed windows. With "
+            "parallel views (every variant but `no parallel views` and `compile`) forward and "
+            "backward interleave on two threads, so the forward column holds both.",
             "",
             "| variant | images/s (median) | vs default | "
             + " | ".join(f"{s} ms" for s in STAGES)

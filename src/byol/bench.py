@@ -12,6 +12,8 @@ re-implementation of it. It measures:
 * **stages**: a separate instrumented pass over the same code synchronises at the end of each
   stage (data, augment, forward, backward, optimizer, ema) and reports per-stage medians. Such
   syncs cost a little on a GPU, so the stages need not add up exactly to the end-to-end step.
+  With parallel views (the CPU default, :mod:`byol.view_parallel`) forward and backward run
+  interleaved on two threads: their joint time is reported as forward, backward as 0.
 * **work**: FLOPs per image of a full BYOL step (online and target forwards of both views, and
   the backward), counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and
   convolutions; element-wise work is not counted).
