@@ -174,7 +174,8 @@ def format_section(results: list[dict], ceiling: dict, command: str, load: str) 
         "",
         "Single rows can be reproduced with `byol bench`, e.g. `byol bench --arch convnet "
         "--image-size 32 --batch-size 256 --precision fp32` (add `--no-channels-last`, "
-        "`--ema loop`, `--lars loop`, `--sync-every-step` or `--compile` for the variants).",
+        "`--no-parallel-views`, `--ema loop`, `--lars loop`, `--sync-every-step` or "
+        "`--compile` for the variants).",
         "",
         "Machine ceiling (best of 5 windows of 0.3 s, measured before and after the runs): "
         + ", ".join(f"{k} {v:.1f}" for k, v in ceiling.items())
