@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import ctypes
 import datetime
 import json
 import os
@@ -59,6 +58,7 @@ from torch import nn
 
 from byol import backbones
 from byol.bench import BenchConfig, TrainStepRunner, device_info
+from byol.train import set_malloc_thresholds
 from results_file import RESULTS, write_section
 
 
@@ -282,25 +282,10 @@ def _set_malloc(keep_freed_memory: bool) -> None:
     puts back what glibc's adaptive thresholds converge to (mmap threshold at its 32 MiB
     maximum, trim threshold twice that), the most favourable default state for the peer.
     """
-    if not _MALLOPT:
-        return
-    mmap_threshold, trim_threshold = (
-        (1 << 30, 1 << 30) if keep_freed_memory else (32 << 20, 64 << 20)
-    )
-    _MALLOPT(-3, mmap_threshold)  # M_MMAP_THRESHOLD
-    _MALLOPT(-1, trim_threshold)  # M_TRIM_THRESHOLD
-
-
-def _find_mallopt():
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return None
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    return mallopt
-
-
-_MALLOPT = _find_mallopt() if sys.platform == "linux" else None
+    if keep_freed_memory:
+        set_malloc_thresholds(1 << 30, 1 << 30)
+    else:
+        set_malloc_thresholds(32 << 20, 64 << 20)
 
 
 def _versions() -> dict[str, str]:

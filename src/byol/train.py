@@ -106,18 +106,29 @@ def keep_freed_memory() -> bool:
     global _FREED_MEMORY_KEPT
     if _FREED_MEMORY_KEPT is None:
         _FREED_MEMORY_KEPT = False
-        if os.environ.get("BYOL_KEEP_FREED_MEMORY", "1") != "0" and sys.platform == "linux":
-            try:
-                mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
-            except (OSError, AttributeError):  # a C library without mallopt (musl)
-                return False
-            mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-            m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-            limit = 1 << 30
-            _FREED_MEMORY_KEPT = (
-                mallopt(m_mmap_threshold, limit) == 1 and mallopt(m_trim_threshold, limit) == 1
-            )
+        if os.environ.get("BYOL_KEEP_FREED_MEMORY", "1") != "0":
+            _FREED_MEMORY_KEPT = set_malloc_thresholds(1 << 30, 1 << 30)
     return _FREED_MEMORY_KEPT
+
+
+def set_malloc_thresholds(mmap_threshold: int, trim_threshold: int) -> bool:
+    """Set glibc malloc's mmap and trim thresholds (bytes) through ``mallopt``, process-wide.
+
+    Returns False where there is no such call (not Linux, or a C library without mallopt such
+    as musl). Used by :func:`keep_freed_memory`; ``benchmarks/peers.py`` switches between
+    settings with it.
+    """
+    if sys.platform != "linux":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return mallopt(m_mmap_threshold, mmap_threshold) == 1 and (
+        mallopt(m_trim_threshold, trim_threshold) == 1
+    )
 
 
 def epoch_order(num_items: int, seed: int, epoch: int) -> torch.Tensor:
@@ -534,7 +545,6 @@ class Trainer:
                 view2 = view2.contiguous(memory_format=torch.channels_last)
             if mark is not None:
                 mark("augment")
-            sync = self.dist.no_sync(self.forward) if index < len(micro_batches) - 1 else None
             if self.view_parallel is not None:
                 loss, stats = self.view_parallel.step(view1, view2, 1.0 / len(micro_batches))
                 if mark is not None:  # forward and backward interleave: one stage
@@ -542,6 +552,7 @@ class Trainer:
                     mark("backward")
                 total_loss += loss / len(micro_batches)
                 continue
+            sync = self.dist.no_sync(self.forward) if index < len(micro_batches) - 1 else None
             with sync or contextlib.nullcontext(), torch.autocast(
                 self.device.type, dtype=self.autocast_dtype or torch.float32,
                 enabled=self.autocast_dtype is not None,

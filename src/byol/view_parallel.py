@@ -51,30 +51,23 @@ def supports_parallel_views(model: BYOL) -> bool:
     return all(id(buffer) in known for buffer in model.buffers())
 
 
-def _replica(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` that shares its parameters and owns copies of its buffers."""
-    return copy.deepcopy(module, memo={id(p): p for p in module.parameters()})
+def _replica(model: BYOL) -> BYOL:
+    """A copy of ``model`` that shares its parameters and owns copies of its buffers."""
+    return copy.deepcopy(model, memo={id(p): p for p in model.parameters()})
 
 
-class _Half:
-    """The networks one thread runs: a replica of each of the five modules."""
+def _online_buffers(model: BYOL) -> list[torch.Tensor]:
+    return [buffer for module in model.online_modules() for buffer in module.buffers()]
 
-    def __init__(self, model: BYOL) -> None:
-        self.online_encoder = _replica(model.online_encoder)
-        self.online_projector = _replica(model.online_projector)
-        self.predictor = _replica(model.predictor)
-        self.target_encoder = _replica(model.target_encoder)
-        self.target_projector = _replica(model.target_projector)
 
-    def online_buffers(self) -> list[torch.Tensor]:
-        return [
-            *self.online_encoder.buffers(),
-            *self.online_projector.buffers(),
-            *self.predictor.buffers(),
-        ]
+def _target_buffers(model: BYOL) -> list[torch.Tensor]:
+    return [*model.target_encoder.buffers(), *model.target_projector.buffers()]
 
-    def target_buffers(self) -> list[torch.Tensor]:
-        return [*self.target_encoder.buffers(), *self.target_projector.buffers()]
+
+def _momenta(model: BYOL, buffers: list[torch.Tensor]) -> list[float]:
+    """The BatchNorm momentum that updates each of ``buffers``."""
+    owner = {id(b): norm for norm in _batch_norms(model) for b in norm.buffers(recurse=False)}
+    return [float(owner[id(buffer)].momentum) for buffer in buffers]
 
 
 class ViewParallelStep:
@@ -86,6 +79,7 @@ class ViewParallelStep:
     ``model(view1, view2)``) and the stats dict of ``model(..., return_stats=True)``, as
     detached tensors. Each half runs with ``threads_per_half`` intra-op threads (default:
     half of ``torch.get_num_threads()``); the thread count is restored afterwards.
+    The model must not be moved to another device or dtype after construction.
     """
 
     def __init__(self, model: BYOL, threads_per_half: int | None = None) -> None:
@@ -94,39 +88,22 @@ class ViewParallelStep:
                 "parallel views need every model buffer to be a BatchNorm running statistic "
                 "with a float momentum"
             )
-        self.model = model
         self.threads_per_half = threads_per_half
-        self.halves = (_Half(model), _Half(model))
         self.parameters = [p for p in model.online_parameters() if p.requires_grad]
+        # Replica 0 computes online(view 1) against target(view 2), replica 1 the reverse.
+        self.replicas = (_replica(model), _replica(model))
+        self._online = [_online_buffers(m) for m in (model, *self.replicas)]
+        self._target = [_target_buffers(m) for m in (model, *self.replicas)]
+        self._online_momenta = _momenta(model, self._online[0])
+        self._target_momenta = _momenta(model, self._target[0])
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="byol-view")
-        # BatchNorm momentum per buffer of the model, in buffers() order of each network.
-        self._online_momenta = self._momenta(model.online_modules())
-        self._target_momenta = self._momenta((model.target_encoder, model.target_projector))
-
-    @staticmethod
-    def _momenta(modules) -> list[float]:
-        momenta: list[float] = []
-        for module in modules:
-            for sub in module.modules():
-                for _ in sub.buffers(recurse=False):
-                    momenta.append(float(sub.momentum))
-        return momenta
-
-    def _online_buffers(self) -> list[torch.Tensor]:
-        m = self.model
-        return [*m.online_encoder.buffers(), *m.online_projector.buffers(), *m.predictor.buffers()]
-
-    def _target_buffers(self) -> list[torch.Tensor]:
-        return [*self.model.target_encoder.buffers(), *self.model.target_projector.buffers()]
 
     def _run_half(
-        self, half: _Half, source: torch.Tensor, other: torch.Tensor, scale: float, threads: int
+        self, replica: BYOL, source: torch.Tensor, other: torch.Tensor, scale: float, threads: int
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor | None, ...]]:
         torch.set_num_threads(threads)
-        with torch.no_grad():
-            target = half.target_projector(half.target_encoder(other).flatten(1))
-        projection = half.online_projector(half.online_encoder(source).flatten(1))
-        prediction = half.predictor(projection)
+        target = replica._target(other)
+        projection, prediction = replica._online(source)
         loss = regression_loss(prediction, target).mean()
         grads = torch.autograd.grad(loss * scale, self.parameters, allow_unused=True)
         return loss.detach(), projection.detach(), grads
@@ -134,16 +111,16 @@ class ViewParallelStep:
     def step(
         self, view1: torch.Tensor, view2: torch.Tensor, loss_scale: float = 1.0
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        online, target = self._online_buffers(), self._target_buffers()
-        first, second = self.halves
-        for half in self.halves:
-            torch._foreach_copy_(half.online_buffers(), online)
-            torch._foreach_copy_(half.target_buffers(), target)
+        (online, *online_after), (target, *target_after) = self._online, self._target
+        for buffers in online_after:
+            torch._foreach_copy_(buffers, online)
+        for buffers in target_after:
+            torch._foreach_copy_(buffers, target)
+        first, second = self.replicas
         total_threads = torch.get_num_threads()
         threads = self.threads_per_half or max(1, total_threads // 2)
         try:
             torch.set_num_threads(threads)
-            # Half 1 (online sees view 1, target sees view 2) on a worker thread, half 2 here.
             other = self._pool.submit(self._run_half, first, view1, view2, loss_scale, threads)
             loss2, _, grads2 = self._run_half(second, view2, view1, loss_scale, threads)
             loss1, projection1, grads1 = other.result()
@@ -158,12 +135,10 @@ class ViewParallelStep:
                     parameter.grad = grad
                 else:
                     parameter.grad.add_(grad)
-            # Online statistics: view 1 (first half) then view 2 (second half).
-            self._merge(online, first.online_buffers(), second.online_buffers(),
-                        self._online_momenta)  # fmt: skip
-            # Target statistics: view 1 (second half's target) then view 2 (first half's).
-            self._merge(target, second.target_buffers(), first.target_buffers(),
-                        self._target_momenta)  # fmt: skip
+            # Online statistics: view 1 (first replica) then view 2 (second replica).
+            self._merge(online, *online_after, self._online_momenta)
+            # Target statistics: view 1 (second replica's target) then view 2 (first's).
+            self._merge(target, target_after[1], target_after[0], self._target_momenta)
         return loss1 + loss2, {"collapse_std": collapse_std(projection1)}
 
     @staticmethod
