@@ -140,8 +140,8 @@ PRESETS: dict[str, dict[str, Any]] = {
               "base_lr": 1.0, "weight_decay": 1e-5, "target_decay": 0.99, "augment": "cifar",
               "warmup_epochs": 10},
     "fashion-mnist": {"data": "fashion-mnist", "arch": "convnet", "epochs": 4,
-                      "batch_size": 128, "base_lr": 2.0, "weight_decay": 1e-5,
-                      "target_decay": 0.98, "augment": "fashion-mnist", "warmup_epochs": 0.5,
+                      "batch_size": 128, "base_lr": 4.0, "weight_decay": 1e-5,
+                      "target_decay": 0.99, "augment": "fashion-mnist", "warmup_epochs": 0.5,
                       "hidden_dim": 1024},
 }  # fmt: skip
 
