@@ -85,6 +85,11 @@ def test_models_whose_buffers_cannot_be_merged_are_refused():
     assert supports_parallel_views(model)
     model.online_encoder.register_buffer("counter", torch.zeros(1))
     assert not supports_parallel_views(model)
+    _, model = _pair()
+    model.concat_views = True  # one BatchNorm batch of both views: the halves can't split it
+    assert not supports_parallel_views(model)
+    with pytest.raises(ValueError, match="concat_views"):
+        ViewParallelStep(model)
 
 
 def test_trainer_uses_it_only_where_it_applies(tmp_path, two_threads):

@@ -42,7 +42,10 @@ def _batch_norms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 def supports_parallel_views(model: BYOL) -> bool:
     """True when every buffer of ``model`` is a BatchNorm running statistic with a fixed
     momentum, the only kind of buffer whose merge rule is known (a cumulative average,
-    ``momentum=None``, or any other stateful buffer keeps the sequential step)."""
+    ``momentum=None``, or any other stateful buffer keeps the sequential step), and the model
+    normalises each view on its own (``concat_views=False``: the halves cannot share a batch)."""
+    if model.concat_views:
+        return False
     known: set[int] = set()
     for norm in _batch_norms(model):
         if norm.momentum is None:
@@ -85,8 +88,8 @@ class ViewParallelStep:
     def __init__(self, model: BYOL, threads_per_half: int | None = None) -> None:
         if not supports_parallel_views(model):
             raise ValueError(
-                "parallel views need every model buffer to be a BatchNorm running statistic "
-                "with a float momentum"
+                "parallel views need concat_views=False and every model buffer to be a "
+                "BatchNorm running statistic with a float momentum"
             )
         self.threads_per_half = threads_per_half
         self.parameters = [p for p in model.online_parameters() if p.requires_grad]
