@@ -137,3 +137,31 @@ def test_unknown_config_key_in_file_names_key_and_file(tmp_path, capsys):
     code = main(["train", "--config", str(path), "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err
     assert code == 2 and "bach_size" in err and str(path) in err and "batch_size" in err
+
+
+def test_views_smaller_than_the_evaluation_size(tmp_path):
+    """`image_size` sets the augmented views, `eval_image_size` what evaluation and hand-over
+    see; the checkpoint records both so that `load_encoder` rebuilds the evaluation input."""
+    from byol.handover import load_encoder
+    from byol.train import Trainer
+
+    config = resolve({**TINY, "out": str(tmp_path / "small-views"), "image_size": 6,
+                      "eval_image_size": 12, "max_steps": 3, "knn_every": 1})  # fmt: skip
+    trainer = Trainer(config, show_progress=False)
+    result = trainer.fit()
+    assert result.step == 3
+    assert trainer.augment.size == (6, 6) and trainer.image_size == 12
+    generator = torch.Generator().manual_seed(0)
+    view1, view2 = trainer.augment(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), generator=generator)
+    assert view1.shape[-2:] == view2.shape[-2:] == (6, 6)
+    data = load_checkpoint(tmp_path / "small-views" / "checkpoints" / "last.pt")["data"]
+    assert data["image_size"] == 12 and data["view_size"] == 6
+    encoder, info = load_encoder(tmp_path / "small-views")
+    assert info.image_size == 12
+    assert encoder(torch.zeros(3, 1, 12, 12)).shape == (3, info.feature_dim)
+
+
+def test_eval_image_size_defaults_to_the_view_size(tmp_path):
+    run(tmp_path, "same", image_size=6, max_steps=1)
+    data = load_checkpoint(tmp_path / "same" / "checkpoints" / "last.pt")["data"]
+    assert data["image_size"] == data["view_size"] == 6

@@ -30,7 +30,9 @@ _HELP = {
     "(for tuning without touching the test split)",
     "arch": "encoder architecture (see byol.backbones.ARCHITECTURES)",
     "small_images": "CIFAR-style ResNet stem (default: automatic for images <= 64 px)",
-    "image_size": "training crop size (default: the stored image size)",
+    "image_size": "side of the augmented training views (default: the stored image size)",
+    "eval_image_size": "side the encoder sees when evaluated, monitored, embedded or exported: "
+    "whole images resized to it (default: --image-size)",
     "augment": "augmentation preset (auto chooses by dataset and size)",
     "epochs": "length of the schedules, in epochs",
     "batch_size": "global batch size per optimizer step",

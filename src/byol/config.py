@@ -39,6 +39,7 @@ class TrainConfig:
     arch: str = "convnet"
     small_images: bool | None = None
     image_size: int | None = None
+    eval_image_size: int | None = None
     hidden_dim: int = 4096
     projection_dim: int = 256
     augment: str = "auto"
@@ -107,6 +108,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "hidden_dim": (1, None),
     "projection_dim": (1, None),
     "image_size": (4, None),
+    "eval_image_size": (4, None),
     "folder_image_size": (4, None),
     "holdout": (0, None),
     "crop_min_scale": (1e-3, 1.0),
@@ -142,7 +144,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "fashion-mnist": {"data": "fashion-mnist", "arch": "convnet", "epochs": 4,
                       "batch_size": 128, "base_lr": 4.0, "weight_decay": 1e-5,
                       "target_decay": 0.99, "augment": "fashion-mnist", "warmup_epochs": 0.5,
-                      "hidden_dim": 1024},
+                      "hidden_dim": 1024, "image_size": 16, "eval_image_size": 28},
 }  # fmt: skip
 
 

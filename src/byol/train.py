@@ -199,7 +199,12 @@ class Trainer:
     def _build(self, data: ImageData) -> None:
         config = self.config
         height, width = data.image_size
-        self.image_size = config.image_size or min(height, width)
+        # Views may be smaller than the images the encoder is evaluated on: a fully
+        # convolutional encoder trains several times faster on low-resolution crops and, as
+        # FixRes (Touvron et al. 2019) found, a random-resized-crop model sees objects larger
+        # at test time, which a higher test resolution matches (docs/presets.md measures it).
+        self.view_size = config.image_size or min(height, width)
+        self.image_size = config.eval_image_size or self.view_size
         small = config.small_images
         # Same seed, same initial weights on every rank (and in a resumed run's first build).
         torch.manual_seed(config.seed)
@@ -224,7 +229,7 @@ class Trainer:
             preset = (
                 "fashion-mnist"
                 if name == "fashion-mnist"
-                else ("cifar" if self.image_size <= 64 else "imagenet")
+                else ("cifar" if self.view_size <= 64 else "imagenet")
             )
         self.augment_preset = preset
         views: Any = preset
@@ -233,7 +238,7 @@ class Trainer:
                 dataclasses.replace(view, crop_scale=(config.crop_min_scale, view.crop_scale[1]))
                 for view in AUGMENT_PRESETS[preset]
             )
-        self.augment = BYOLAugment(views, self.image_size, mean=self.mean, std=self.std)
+        self.augment = BYOLAugment(views, self.view_size, mean=self.mean, std=self.std)
         self.optimizer = LARS(
             param_groups(self.model, config.weight_decay), lr=0.0, momentum=config.momentum,
             trust_coefficient=config.trust_coefficient,
@@ -302,7 +307,8 @@ class Trainer:
             },
             "config": self.config.to_dict(),
             "data": {"mean": list(self.mean), "std": list(self.std),
-                     "image_size": self.image_size, "channels": self.channels,
+                     "image_size": self.image_size, "view_size": self.view_size,
+                     "channels": self.channels,
                      "augment": self.augment_preset},
             "byol_version": _version(),
         }  # fmt: skip
