@@ -147,6 +147,12 @@ def main() -> int:
     return 0
 
 
+def sizes(values: dict) -> str:
+    config = resolve(dict(values))
+    view = config.image_size or 28
+    return f"views {view} px, evaluation at {config.eval_image_size or view} px"
+
+
 def format_table(rows, args, values) -> str:
     def pct(value):
         return "—" if value is None else f"{100 * value:.2f}"
@@ -161,7 +167,8 @@ def format_table(rows, args, values) -> str:
         + " --write-results`",
         f"Recipe: preset `{values['preset']}`"
         + (f" with {', '.join(args.set)}" if args.set else "")
-        + f"; pre-training budget {args.budget_minutes:g} min of wall-clock per seed.",
+        + f"; pre-training budget {args.budget_minutes:g} min of wall-clock per seed; "
+        f"{sizes(values)}.",
         "Linear probe: frozen encoder, features pre-computed, SGD + Nesterov, lr chosen on 10% "
         "held out of the training split; k-NN: k = 200, T = 0.1, train split as memory bank. "
         "Both scored on the 10,000 test images.",
