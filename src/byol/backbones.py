@@ -88,6 +88,9 @@ _BUILDERS: dict[str, Callable[[bool, int], tuple[nn.Module, int]]] = {
     for name in _TORCHVISION_RESNETS
 }
 _BUILDERS["convnet"] = _convnet((32, 64, 128, 256))
+# The fashion-mnist preset's encoder: a 512-d representation for ~30% more work per image at
+# 16 px, which paid for itself at equal wall-clock (docs/presets.md, round 4).
+_BUILDERS["convnet-512"] = _convnet((32, 64, 128, 512))
 _BUILDERS["convnet-wide"] = _convnet((64, 128, 256, 512))
 _BUILDERS["convnet-deep"] = _convnet((32, 64, 128, 256), blocks=2)
 
