@@ -29,6 +29,20 @@ def test_convnet_is_small_and_fast_shape():
     assert encoder(torch.randn(3, 3, 32, 32)).shape == (3, 256)
 
 
+@pytest.mark.parametrize(
+    "name,widths,blocks",
+    [("convnet-512", [32, 64, 128, 512], 1), ("convnet-wide", [64, 128, 256, 512], 1),
+     ("convnet-deep", [32, 32, 64, 64, 128, 128, 256, 256], 2)],
+)  # fmt: skip
+def test_convnet_variants(name, widths, blocks):
+    encoder, dim = backbones.build(name, in_channels=1)
+    convs = [m for m in encoder.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == widths and dim == widths[-1]
+    assert convs[0].in_channels == 1 and len(convs) == 4 * blocks
+    # Fully convolutional: 16 px training views and 28 px evaluation images both work.
+    assert encoder(torch.randn(2, 1, 16, 16)).shape == encoder(torch.randn(2, 1, 28, 28)).shape
+
+
 def test_unknown_architecture_names_choices():
     with pytest.raises(ConfigError, match="resnet18"):
         backbones.build("resnet9000")
