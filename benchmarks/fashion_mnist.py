@@ -147,10 +147,12 @@ def main() -> int:
     return 0
 
 
-def sizes(values: dict) -> str:
+def recipe_summary(values: dict) -> str:
+    """The encoder and image sizes the recipe resolves to, for the table's header."""
     config = resolve(dict(values))
     view = config.image_size or 28
-    return f"views {view} px, evaluation at {config.eval_image_size or view} px"
+    return (f"encoder `{config.arch}`; views {view} px, evaluation at "
+            f"{config.eval_image_size or view} px")  # fmt: skip
 
 
 def format_table(rows, args, values) -> str:
@@ -168,7 +170,7 @@ def format_table(rows, args, values) -> str:
         f"Recipe: preset `{values['preset']}`"
         + (f" with {', '.join(args.set)}" if args.set else "")
         + f"; pre-training budget {args.budget_minutes:g} min of wall-clock per seed; "
-        f"{sizes(values)}.",
+        f"{recipe_summary(values)}.",
         "Linear probe: frozen encoder, features pre-computed, SGD + Nesterov, lr chosen on 10% "
         "held out of the training split; k-NN: k = 200, T = 0.1, train split as memory bank. "
         "Both scored on the 10,000 test images.",
