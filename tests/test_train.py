@@ -165,3 +165,52 @@ def test_eval_image_size_defaults_to_the_view_size(tmp_path):
     run(tmp_path, "same", image_size=6, max_steps=1)
     data = load_checkpoint(tmp_path / "same" / "checkpoints" / "last.pt")["data"]
     assert data["image_size"] == data["view_size"] == 6
+
+
+def _records(folder):
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("epochs", [1000.0, 0.25])
+def test_schedule_fits_the_time_limit(tmp_path, epochs):
+    # Whether --epochs overshoots (1000 epochs) or undershoots (a quarter epoch) what the time
+    # allows, the re-planned schedule ends, annealed, when the time does.
+    limit_s = 3.0
+    result = run(tmp_path, "fit", epochs=epochs, time_limit=limit_s / 60,
+                 schedule_to_time_limit=True, checkpoint_every=10**6)  # fmt: skip
+    first_plan = max(1, round(epochs * (1437 // 32)))
+    assert result.stopped_early is None and result.step == result.total_steps
+    assert result.total_steps != first_plan
+    summary = json.loads((tmp_path / "fit" / "summary.json").read_text())
+    assert 0.5 * limit_s < summary["seconds"] < 3 * limit_s
+    records = [r for r in _records(tmp_path / "fit") if "lr" in r]
+    peak = TINY["base_lr"] * TINY["batch_size"] / 256
+    assert records[-1]["lr"] < 0.05 * peak and records[-1]["tau"] > 0.999
+    assert records[-1]["total_steps"] == result.total_steps
+    checkpoint = load_checkpoint(tmp_path / "fit" / "checkpoints" / "last.pt")
+    assert checkpoint["total_steps"] == result.total_steps
+    assert 0.5 * limit_s < checkpoint["train_seconds"] < 3 * limit_s
+
+
+def test_fitted_schedule_resumes_with_the_time_already_spent(tmp_path):
+    limit_s = 4.0
+    options = {"epochs": 1000.0, "time_limit": limit_s / 60, "schedule_to_time_limit": True,
+               "checkpoint_every": 10**6}  # fmt: skip
+    first = run(tmp_path, "fit", max_steps=12, **options)
+    assert first.step == 12 and first.step < first.total_steps
+    spent = load_checkpoint(tmp_path / "fit" / "checkpoints" / "last.pt")["train_seconds"]
+    assert 0 < spent < limit_s
+    resumed = run(tmp_path, "fit", **options)
+    assert resumed.stopped_early is None and resumed.step == resumed.total_steps > 12
+    final = load_checkpoint(tmp_path / "fit" / "checkpoints" / "last.pt")
+    # The budget counts both invocations: the second one only gets what the first left.
+    assert final["train_seconds"] < 3 * limit_s
+    assert (
+        json.loads((tmp_path / "fit" / "summary.json").read_text())["seconds"]
+        < final["train_seconds"]
+    )
+
+
+def test_schedule_to_time_limit_needs_a_time_limit():
+    with pytest.raises(ConfigError, match="--time-limit"):
+        resolve({**TINY, "schedule_to_time_limit": True})

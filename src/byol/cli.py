@@ -41,6 +41,9 @@ _HELP = {
     "accumulate": "micro-batches per optimizer step (gradient accumulation)",
     "max_steps": "stop after this optimizer step (schedules still span --epochs; resumable)",
     "time_limit": "stop (with a checkpoint) after this many minutes",
+    "schedule_to_time_limit": "fit the learning-rate and tau schedules to --time-limit: the run's "
+    "length is re-estimated from its measured speed as it trains, so the cosine ends when the "
+    "time does (--epochs is the first estimate; the limit counts the time of resumed runs too)",
     "precision": "fp32 | bf16 | fp16 (auto: fp32 on CPU, bf16 on GPU)",
     "compile": "torch.compile the training step",
     "parallel_views": "on CPU (fp32, no DDP/compile), run the two halves of the loss on two "

@@ -56,6 +56,7 @@ class TrainConfig:
     accumulate: int = 1
     max_steps: int | None = None
     time_limit: float | None = None
+    schedule_to_time_limit: bool = False
     # execution
     device: str = "auto"
     precision: str = "auto"
@@ -233,6 +234,11 @@ def _check(config: TrainConfig) -> None:
         raise ConfigError(
             f"batch_size ({config.batch_size}) must be divisible by "
             f"accumulate ({config.accumulate})"
+        )
+    if config.schedule_to_time_limit and not config.time_limit:
+        raise ConfigError(
+            "schedule_to_time_limit (--schedule-to-time-limit) fits the schedules to "
+            "time_limit; set --time-limit MINUTES as well"
         )
     if not config.device == "auto" and not config.device.startswith(("cpu", "cuda", "mps")):
         raise ConfigError(f"device must be auto, cpu, cuda[:N] or mps; got {config.device!r}")

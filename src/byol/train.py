@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -55,6 +56,10 @@ RESUMABLE_CHANGES = frozenset(
      "strict", "parallel_views"}
 )  # fmt: skip
 COLLAPSE_WARNING = 0.05
+# schedule_to_time_limit: re-estimate the run's length every this many steps, aiming this
+# fraction of the time limit short of it (the last checkpoint and k-NN pass need time too).
+REPLAN_EVERY = 10
+REPLAN_RESERVE = 0.01
 
 
 @dataclass
@@ -301,6 +306,7 @@ class Trainer:
             "epoch": step // self.steps_per_epoch,
             "batch_in_epoch": step % self.steps_per_epoch,
             "total_steps": self.total_steps,
+            "train_seconds": self._train_seconds(),
             "rng": {
                 "augment": augment_states,
                 "torch": torch.get_rng_state(),
@@ -330,7 +336,31 @@ class Trainer:
                 stacklevel=2,
             )
         torch.set_rng_state(payload["rng"]["torch"])
+        self._seconds_before = float(payload.get("train_seconds") or 0.0)
         return int(payload["step"])
+
+    def _train_seconds(self) -> float:
+        """Seconds spent training this run so far, resumed invocations included."""
+        start = getattr(self, "_run_start", None)
+        here = 0.0 if start is None else time.perf_counter() - start
+        return getattr(self, "_seconds_before", 0.0) + here
+
+    def _replan(self, done: int, start_step: int) -> None:
+        """Set the schedules' length so that, at the speed measured so far, they end at the limit.
+
+        The speed is the mean over this invocation (checkpoints and k-NN passes included, as
+        they spend the same budget), so the estimate steadies as the run goes; every rank takes
+        the smallest estimate, so all agree.
+        """
+        elapsed = time.perf_counter() - self._run_start
+        if done <= start_step or elapsed <= 0:
+            return
+        remaining = self.config.time_limit * 60 * (1 - REPLAN_RESERVE) - self._train_seconds()
+        planned = done + max(0, int((done - start_step) / elapsed * remaining))
+        if self.dist.enabled:
+            planned = -int(self.dist.max(torch.tensor(-planned, device=self.device)).item())
+        self.total_steps = max(planned, done)
+        self.end_step = min(self.total_steps, self.config.max_steps or self.total_steps)
 
     def _check_run_folder(self) -> None:
         """Refuse to mix a different config into an existing run folder."""
@@ -374,7 +404,11 @@ class Trainer:
             payload, path, problems = checkpoints.load_latest(map_location=self.device)
             for problem in problems:
                 warnings.warn(f"{problem}; falling back to an older checkpoint", stacklevel=2)
-            if payload.get("total_steps") not in (None, self.total_steps):
+            if config.schedule_to_time_limit and payload.get("total_steps"):
+                # The plan so far, not --epochs' first estimate, continues the schedules.
+                self.total_steps = int(payload["total_steps"])
+                self.end_step = min(self.total_steps, config.max_steps or self.total_steps)
+            elif payload.get("total_steps") not in (None, self.total_steps):
                 raise ConfigError(
                     f"checkpoint {path} was made for {payload['total_steps']} steps but this "
                     f"config gives {self.total_steps}; use another --out"
@@ -418,16 +452,21 @@ class Trainer:
         collapse_sum = torch.zeros((), device=self.device)
         first_bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         window_start, window_steps = time.perf_counter(), 0
-        run_start = time.perf_counter()
+        run_start = self._run_start = time.perf_counter()
         skipped = 0
         step = start_step
+        replan = config.schedule_to_time_limit
+        # A re-planned run's length is open until it ends: index batches without an end.
+        steps = itertools.count(start_step) if replan else range(start_step, self.end_step)
         batches = data.batches(
-            self._index_batches(start_step, self.end_step, len(data)),
+            self._index_batches(start_step, 2**62 if replan else self.end_step, len(data)),
             num_workers=config.num_workers, pin_memory=self.device.type == "cuda",
         )  # fmt: skip
         self.model.train()
         try:
-            for step, images in zip(range(start_step, self.end_step), batches):
+            for step, images in zip(steps, batches):
+                if step >= self.end_step:  # only a re-planned run gets here
+                    break
                 loss, stats = self._step(images, step)
                 finite = torch.isfinite(loss)
                 if config.skip_nonfinite and not bool(finite):
@@ -441,6 +480,10 @@ class Trainer:
                 collapse_sum += stats["collapse_std"]
                 window_steps += 1
                 done = step + 1
+                if replan and done % REPLAN_EVERY == 0 and done < self.end_step:
+                    self._replan(done, start_step)
+                    if progress is not None:
+                        progress.total = self.end_step
                 epoch_end = done % self.steps_per_epoch == 0
                 should_log = done % config.log_every == 0 or done == self.end_step or epoch_end
                 if should_log:
@@ -456,6 +499,8 @@ class Trainer:
                         "collapse_std": collapse, "images_per_s": images_per_s,
                         "seconds": time.perf_counter() - run_start,
                     }  # fmt: skip
+                    if replan:
+                        record["total_steps"] = self.total_steps
                     if skipped:
                         record["skipped_steps"] = skipped
                     if writer:
@@ -483,7 +528,8 @@ class Trainer:
                     knn_top1 = self._knn_monitor(bank, queries, done, writer)
                     knn_step = done
                     window_start = time.perf_counter()
-                if config.time_limit and time.perf_counter() - run_start > config.time_limit * 60:
+                used = self._train_seconds() if replan else time.perf_counter() - run_start
+                if config.time_limit and used > config.time_limit * 60 and done < self.end_step:
                     self._stop_reason = f"time limit of {config.time_limit} min reached"
                 stop_now = self.dist.any(self._stop_reason is not None)
                 if done % config.checkpoint_every == 0 or done == self.end_step or stop_now:
