@@ -10,6 +10,10 @@ the training split) and weighted k-NN (k = 200, T = 0.1). The baselines are eval
 same protocols in the same run; the supervised reference trains the same encoder with labels
 for the same budget (first seed only, it costs another budget). Results go to stdout and, with
 --write-results, to the fashion_mnist section of benchmarks/RESULTS.md.
+
+``--set KEY=VALUE`` overrides the preset, e.g. ``--set schedule_to_time_limit=true`` fits each
+seed's schedule to the budget as it trains instead of fixing it from the calibration (not used
+for the committed table).
 """
 
 from __future__ import annotations
