@@ -42,6 +42,8 @@ from results_file import machine, write_section
 def calibrate(values: dict, out: Path, steps: int) -> float:
     """Images per second of this recipe on this machine (median over logged windows)."""
     shutil.rmtree(out, ignore_errors=True)
+    # A fixed number of steps: nothing to fit to a time limit here.
+    values = {key: value for key, value in values.items() if key != "schedule_to_time_limit"}
     config = resolve({**values, "out": str(out), "max_steps": steps, "log_every": 5,
                       "knn_every": 0, "tensorboard": False})  # fmt: skip
     Trainer(config, show_progress=False).fit()
@@ -153,7 +155,8 @@ def main() -> int:
 
 def recipe_summary(values: dict) -> str:
     """The encoder and image sizes the recipe resolves to, for the table's header."""
-    config = resolve(dict(values))
+    recipe = {key: value for key, value in values.items() if key != "schedule_to_time_limit"}
+    config = resolve(recipe)
     view = config.image_size or 28
     return (f"encoder `{config.arch}`; views {view} px, evaluation at "
             f"{config.eval_image_size or view} px")  # fmt: skip
