@@ -30,9 +30,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).parent))
-from byol.bench import BenchConfig, TrainStepRunner, conv3x3_rate, matmul_rate
+from byol.bench import CPU_CONV_SHAPE, BenchConfig, TrainStepRunner, conv3x3_rate, matmul_rate
 from byol.train import keep_freed_memory
 from results_file import machine, write_section
 
@@ -49,20 +50,6 @@ def median_ms(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return 1000 * statistics.median(times)
-
-
-def layer_flops(module: nn.Module, shape: torch.Size) -> float:
-    """Forward FLOPs of a conv / linear layer at input ``shape`` (0 for BatchNorm)."""
-    if isinstance(module, nn.Conv2d):
-        batch, _, height, width = shape
-        out_h = (height + 2 * module.padding[0] - module.kernel_size[0]) // module.stride[0] + 1
-        out_w = (width + 2 * module.padding[1] - module.kernel_size[1]) // module.stride[1] + 1
-        kernel_h, kernel_w = module.kernel_size
-        per_output = module.in_channels // module.groups * kernel_h * kernel_w
-        return 2.0 * batch * out_h * out_w * module.out_channels * per_output
-    if isinstance(module, nn.Linear):
-        return 2.0 * shape[0] * module.in_features * module.out_features
-    return 0.0
 
 
 def record_shapes(
@@ -87,6 +74,8 @@ def record_shapes(
 
 
 def time_layer(module: nn.Module, shape: torch.Size, first: bool, repeats: int) -> dict:
+    """Forward and backward milliseconds and FLOPs (matmuls and convolutions, counted by
+    FlopCounterMode as ``byol bench`` counts the whole step) of ``module`` at input ``shape``."""
     module = module.train()
     x = torch.randn(shape)
     if x.ndim == 4:
@@ -105,9 +94,15 @@ def time_layer(module: nn.Module, shape: torch.Size, first: bool, repeats: int) 
         for p in module.parameters():
             p.grad = None
 
+    with FlopCounterMode(display=False) as counter:
+        forward()
+    flops = counter.get_total_flops()
+    with FlopCounterMode(display=False) as counter:
+        forward_backward()
     fwd = median_ms(forward, repeats)
     both = median_ms(forward_backward, repeats)
-    return {"forward_ms": fwd, "backward_ms": max(both - fwd, 0.0)}
+    return {"forward_ms": fwd, "backward_ms": max(both - fwd, 0.0), "flops": flops,
+            "backward_flops": counter.get_total_flops() - flops}  # fmt: skip
 
 
 def analyse(arch: str, image_size: int, batch: int, repeats: int) -> dict:
@@ -125,12 +120,8 @@ def analyse(arch: str, image_size: int, batch: int, repeats: int) -> dict:
     layers = []
     for index, (part, name, module, shape) in enumerate(record_shapes(runner.model, view)):
         times = time_layer(module, shape, first=index == 0, repeats=repeats)
-        flops = layer_flops(module, shape)
-        # Backward FLOPs: weight gradient always, input gradient except for the first layer.
-        backward_flops = flops * (1 if index == 0 else 2)
         layers.append({"part": part, "name": name, "type": type(module).__name__,
-                       "shape": list(shape), "flops": flops, "backward_flops": backward_flops,
-                       **times})  # fmt: skip
+                       "shape": list(shape), **times})  # fmt: skip
     # Per BYOL step: online layers forward + backward on two views; target encoder and
     # projector forward on two views (the target is a copy of the same layers).
     kernel_ms = 0.0
@@ -157,9 +148,9 @@ def analyse(arch: str, image_size: int, batch: int, repeats: int) -> dict:
 
 
 def ceiling_backward(repeats: int) -> dict:
-    """Forward and backward GFLOP/s of the ceiling convolution (64×128×32², 3×3, channels_last)
-    and of the ceiling matmul (2048²)."""
-    batch, channels, side = 64, 128, 32
+    """Forward and backward GFLOP/s of ``byol bench``'s ceiling convolution (3×3, channels_last)
+    and its ceiling matmul rate."""
+    batch, channels, side = CPU_CONV_SHAPE
     x = torch.randn(batch, channels, side, side).contiguous(memory_format=torch.channels_last)
     w = torch.randn(channels, channels, 3, 3).contiguous(memory_format=torch.channels_last)
     x.requires_grad_()
@@ -183,6 +174,7 @@ def ceiling_backward(repeats: int) -> dict:
 
 
 def format_report(results: list[dict], ceiling: dict, command: str) -> str:
+    batch, channels, side = CPU_CONV_SHAPE
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "## Kernel by kernel: what the step's layers cost alone (`benchmarks/layer_rates.py`)",
@@ -200,7 +192,8 @@ def format_report(results: list[dict], ceiling: dict, command: str) -> str:
         "pooling, the loss, augmentation, LARS and the EMA are left out, so the sum is a floor "
         "for any implementation that calls PyTorch's kernels, ours and the peers' alike.",
         "",
-        f"Machine rates, large 3×3 convolution (64×128×32², channels_last): forward "
+        f"Machine rates, large 3×3 convolution ({batch}×{channels}×{side}², channels_last): "
+        "forward "
         f"{ceiling['conv3x3_forward_gflops']:.0f} GFLOP/s "
         f"(`byol bench`'s ceiling measurement: {ceiling['conv3x3_forward_gflops_bench']:.0f}), "
         f"backward (input + weight gradients) {ceiling['conv3x3_backward_gflops']:.0f} GFLOP/s; "

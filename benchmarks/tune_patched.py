@@ -8,8 +8,10 @@ Applies the changes named in the ``PATCH`` environment variable (JSON), then run
 * ``"predictor_lr": k``: the predictor's parameters get k × the learning rate (LARS as usual);
 * ``"jitter": [brightness, contrast]``: colour-jitter strengths of both views of the
   ``fashion-mnist`` augmentation preset (grayscale images: saturation and hue do nothing);
-* ``"solarize": [p1, p2]``: solarisation probabilities of view 1 and view 2;
-* ``"widths": [...]``: the ``convnet`` encoder's stage widths.
+* ``"solarize": [p1, p2]``: solarisation probabilities of view 1 and view 2.
+
+(Round 4's 512-wide run patched the encoder's widths; that encoder is now ``convnet-512``, so
+``'{"arch": "convnet-512"}'`` reproduces it without a patch.)
 
 These are experiment hooks, not features: a change that wins becomes a config key or preset.
 """
@@ -24,7 +26,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import byol.augment as augment
-import byol.backbones as backbones
 import byol.optim as optim
 import byol.train as train
 
@@ -69,9 +70,6 @@ if "solarize" in patch:
     view1 = replace(view1, solarize_prob=patch["solarize"][0])
     view2 = replace(view2, solarize_prob=patch["solarize"][1])
 augment.PRESETS["fashion-mnist"] = (view1, view2)
-
-if "widths" in patch:
-    backbones._BUILDERS["convnet"] = backbones._convnet(tuple(patch["widths"]))
 
 sys.argv = ["tune_fashion_mnist.py", *sys.argv[1:]]
 runpy.run_path(str(Path(__file__).with_name("tune_fashion_mnist.py")), run_name="__main__")

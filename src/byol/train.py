@@ -56,9 +56,8 @@ RESUMABLE_CHANGES = frozenset(
      "strict", "parallel_views"}
 )  # fmt: skip
 COLLAPSE_WARNING = 0.05
-# schedule_to_time_limit: re-estimate the run's length every this many steps, aiming this
-# fraction of the time limit short of it (the last checkpoint and k-NN pass need time too).
-REPLAN_EVERY = 10
+# schedule_to_time_limit aims this fraction of the time limit short of it (the last checkpoint
+# and k-NN pass need time too).
 REPLAN_RESERVE = 0.01
 
 
@@ -166,6 +165,10 @@ class Trainer:
         if self.device.type == "cpu":
             keep_freed_memory()
         self._stop_reason: str | None = None
+        # Training time of this run: before this invocation (from a checkpoint), and the
+        # perf_counter value at which this invocation's loop started.
+        self._seconds_before = 0.0
+        self._run_start: float | None = None
 
     # ------------------------------------------------------------------ building blocks
     def _load_data(self) -> tuple[ImageData, ImageData | None, ImageData | None]:
@@ -275,10 +278,14 @@ class Trainer:
                 f"batch_size ({config.batch_size}) is larger than the dataset ({num_items} "
                 "images); use --batch-size <= the number of images"
             )
-        self.total_steps = max(1, math.ceil(config.epochs * self.steps_per_epoch))
         self.warmup_steps = round(config.warmup_epochs * self.steps_per_epoch)
         self.peak_lr = config.base_lr * config.batch_size / 256
-        self.end_step = min(self.total_steps, config.max_steps or self.total_steps)
+        self._set_total_steps(max(1, math.ceil(config.epochs * self.steps_per_epoch)))
+
+    def _set_total_steps(self, total_steps: int) -> None:
+        """The schedules' length, and the step this invocation stops at (``max_steps`` may cut)."""
+        self.total_steps = total_steps
+        self.end_step = min(total_steps, self.config.max_steps or total_steps)
 
     def _index_batches(self, start: int, end: int, num_items: int) -> Iterator[torch.Tensor]:
         """Index batches for optimizer steps start..end-1 (this rank's share of each)."""
@@ -341,9 +348,8 @@ class Trainer:
 
     def _train_seconds(self) -> float:
         """Seconds spent training this run so far, resumed invocations included."""
-        start = getattr(self, "_run_start", None)
-        here = 0.0 if start is None else time.perf_counter() - start
-        return getattr(self, "_seconds_before", 0.0) + here
+        here = 0.0 if self._run_start is None else time.perf_counter() - self._run_start
+        return self._seconds_before + here
 
     def _replan(self, done: int, start_step: int) -> None:
         """Set the schedules' length so that, at the speed measured so far, they end at the limit.
@@ -359,8 +365,7 @@ class Trainer:
         planned = done + max(0, int((done - start_step) / elapsed * remaining))
         if self.dist.enabled:
             planned = -int(self.dist.max(torch.tensor(-planned, device=self.device)).item())
-        self.total_steps = max(planned, done)
-        self.end_step = min(self.total_steps, self.config.max_steps or self.total_steps)
+        self._set_total_steps(planned)
 
     def _check_run_folder(self) -> None:
         """Refuse to mix a different config into an existing run folder."""
@@ -397,6 +402,7 @@ class Trainer:
         checkpoints = CheckpointManager(self.out / "checkpoints", keep=config.keep_checkpoints)
 
         start_step = 0
+        self._seconds_before, self._run_start = 0.0, None
         # Every rank checks (the folder is shared), so a refusal cannot leave ranks waiting.
         self._check_run_folder()
         self.dist.barrier()
@@ -406,8 +412,7 @@ class Trainer:
                 warnings.warn(f"{problem}; falling back to an older checkpoint", stacklevel=2)
             if config.schedule_to_time_limit and payload.get("total_steps"):
                 # The plan so far, not --epochs' first estimate, continues the schedules.
-                self.total_steps = int(payload["total_steps"])
-                self.end_step = min(self.total_steps, config.max_steps or self.total_steps)
+                self._set_total_steps(int(payload["total_steps"]))
             elif payload.get("total_steps") not in (None, self.total_steps):
                 raise ConfigError(
                     f"checkpoint {path} was made for {payload['total_steps']} steps but this "
@@ -480,7 +485,9 @@ class Trainer:
                 collapse_sum += stats["collapse_std"]
                 window_steps += 1
                 done = step + 1
-                if replan and done % REPLAN_EVERY == 0 and done < self.end_step:
+                # After every step: one slow stretch must not leave the plan far off (on a
+                # small budget, even ten slow steps are a large part of it).
+                if replan and done < self.end_step:
                     self._replan(done, start_step)
                     if progress is not None:
                         progress.total = self.end_step
