@@ -9,6 +9,7 @@ import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -184,3 +185,25 @@ def test_keep_freed_memory_is_on_by_default_and_can_be_turned_off(setting, expec
                           text=True, check=True)  # fmt: skip
     on = expected and _glibc()
     assert done.stdout.split() == [str(on), str(on)]
+
+
+def test_conv_algorithms_compute_what_onednn_computes():
+    """benchmarks/conv_algorithms.py times each alternative only after checking it against
+    oneDNN; run that check on small convolutions of both strides (and the first layer)."""
+    saved_path = list(sys.path)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import conv_algorithms
+    finally:
+        sys.path[:] = saved_path
+    for stride, first in ((1, False), (2, False), (1, True)):
+        conv = nn.Conv2d(3 if first else 8, 16, 3, stride=stride, padding=1, bias=False)
+        shape = (16, conv.in_channels, 8, 8)
+        result = conv_algorithms.time_shape(shape, conv, first=first, repeats=1)
+        assert result["errors"], "no alternative was checked"
+        assert max(result["errors"].values()) < 1e-4
+        assert result["times"]["oneDNN"]["forward"] > 0
+        assert (result["times"]["oneDNN"]["input"] is None) == first
+        assert (result["times"]["NNPACK"]["forward"] is None) == (
+            stride != 1 or not torch._nnpack_available()
+        )
