@@ -7,7 +7,8 @@ batch 64, fp32, channels_last, every distinct convolution of the online encoder)
 
 - forward, input gradient and weight gradient with oneDNN (``aten.convolution_backward`` with
   one output mask at a time, as autograd calls it);
-- the same with PyTorch's native im2col kernels (``torch.backends.mkldnn.enabled = False``);
+- the same with PyTorch's native kernels (``torch.backends.mkldnn.enabled = False``: im2col +
+  matmul, except that the forward of a stride-1 convolution goes to NNPACK when available);
 - the forward with NNPACK (Winograd / FFT; stride 1, NCHW, the layout conversion left out of
   the timing);
 - the input gradient as a *forward* convolution: with the kernel flipped and its channels
@@ -107,7 +108,7 @@ def time_shape(shape: tuple[int, ...], conv: nn.Conv2d, first: bool, repeats: in
             error = relative_error(fn(), reference[kind])
             errors[f"{algorithm} {kind}"] = error
             if error > 1e-4:
-                raise AssertionError(f"{algorithm} {kind} gradient differs: {error:.2e}")
+                raise AssertionError(f"{algorithm} {kind} differs from oneDNN: {error:.2e}")
         times[algorithm][kind] = median_ms(fn, repeats)
 
     for kind, fn in (("forward", forward), ("input", input_grad), ("weight", weight_grad)):
