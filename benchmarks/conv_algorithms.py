@@ -28,7 +28,6 @@ own thread with one intra-op thread), each thread count in a process of its own.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import subprocess
 import sys
@@ -46,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from byol.bench import BenchConfig, TrainStepRunner
 from byol.train import keep_freed_memory
 from layer_rates import SETUPS, median_ms, record_shapes
-from results_file import machine, write_section
+from results_file import command_line, publish, report_header
 
 ALGORITHMS = ("oneDNN", "native", "NNPACK", "as forward conv", "unfold + matmul")
 
@@ -214,16 +213,12 @@ def cell(ms: float | None, reference: float | None, flops: float) -> str:
 
 
 def format_report(rows: list[dict], halves: dict, command: str) -> str:
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [
-        "## Other convolution algorithms at the step's shapes (`benchmarks/conv_algorithms.py`)",
-        "",
-        f"Measured {now} on {machine()}, fp32, channels_last, freed memory kept.",
-        "",
-        "```",
+    lines = report_header(
+        "Other convolution algorithms at the step's shapes (`benchmarks/conv_algorithms.py`)",
+        "fp32, channels_last, freed memory kept",
         command,
-        "```",
-        "",
+    )
+    lines += [
         "Every distinct convolution of the online encoder (uses per view in brackets). Each cell: "
         "milliseconds (GFLOP/s), and time relative to oneDNN, which the step uses; — where the "
         "algorithm does not apply (the first layer needs no input gradient). Every alternative "
@@ -319,11 +314,8 @@ def main() -> int:
         out = Path(tmp) / "halves.json"
         subprocess.run([sys.executable, __file__, "--halves-json", str(out)], check=True)
         halves = json.loads(out.read_text())
-    command = ".venv/bin/python benchmarks/conv_algorithms.py" + (" --write" if args.write else "")
-    report = format_report(rows, halves, command)
-    print(report)
-    if args.write:
-        write_section("conv_algorithms", report)
+    report = format_report(rows, halves, command_line("conv_algorithms.py", args.write))
+    publish("conv_algorithms", report, args.write)
     return 0
 
 

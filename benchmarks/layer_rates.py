@@ -23,7 +23,6 @@ rates, forward and backward.
 from __future__ import annotations
 
 import argparse
-import datetime
 import statistics
 import sys
 import time
@@ -37,7 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).parent))
 from byol.bench import CPU_CONV_SHAPE, BenchConfig, TrainStepRunner, conv3x3_rate, matmul_rate
 from byol.train import keep_freed_memory
-from results_file import machine, write_section
+from results_file import command_line, publish, report_header
 
 TIMED = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.BatchNorm1d)
 SETUPS = {"convnet": (32, 256), "resnet18": (32, 64)}
@@ -193,16 +192,12 @@ def ceiling_backward(repeats: int) -> dict:
 
 def format_report(results: list[dict], ceiling: dict, command: str) -> str:
     batch, channels, side = CPU_CONV_SHAPE
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [
-        "## Kernel by kernel: what the step's layers cost alone (`benchmarks/layer_rates.py`)",
-        "",
-        f"Measured {now} on {machine()}, {torch.get_num_threads()} threads, fp32, channels_last.",
-        "",
-        "```",
+    lines = report_header(
+        "Kernel by kernel: what the step's layers cost alone (`benchmarks/layer_rates.py`)",
+        f"{torch.get_num_threads()} threads, fp32, channels_last",
         command,
-        "```",
-        "",
+    )
+    lines += [
         "Every convolution, linear and BatchNorm layer of the online network, timed alone at the "
         "input shape it sees in the step (median of repeated calls, freed memory kept as in "
         "`byol train`); summed as a BYOL step uses them (online: forward + backward on both "
@@ -280,11 +275,8 @@ def main() -> int:
         print(f"{arch}: measuring", flush=True)
         results.append(analyse(arch, image_size, batch, args.repeats))
     ceiling = ceiling_backward(args.repeats)
-    command = ".venv/bin/python benchmarks/layer_rates.py" + (" --write" if args.write else "")
-    report = format_report(results, ceiling, command)
-    print(report)
-    if args.write:
-        write_section("layer_rates", report)
+    report = format_report(results, ceiling, command_line("layer_rates.py", args.write))
+    publish("layer_rates", report, args.write)
     return 0
 
 

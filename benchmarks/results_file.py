@@ -41,3 +41,24 @@ def write_section(name: str, body: str, path: Path = RESULTS) -> None:
         else f"{text.rstrip()}\n\n{block}\n"
     )
     path.write_text(text)
+
+
+def command_line(script: str, write: bool) -> str:
+    """How a table of ``benchmarks/<script>`` was made, for the table itself."""
+    return f".venv/bin/python benchmarks/{script}" + (" --write" if write else "")
+
+
+def publish(name: str, report: str, write: bool) -> None:
+    """Print ``report`` and, with ``write``, put it in section ``name`` of RESULTS.md."""
+    print(report)
+    if write:
+        write_section(name, report)
+
+
+def report_header(title: str, conditions: str, command: str) -> list[str]:
+    """A section's first lines: its title, when and where it was measured, and the command."""
+    import datetime
+
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return [f"## {title}", "", f"Measured {now} on {machine()}, {conditions}.", "",
+            "```", command, "```", ""]  # fmt: skip
