@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import platform
 import re
 from pathlib import Path
@@ -57,8 +58,6 @@ def publish(name: str, report: str, write: bool) -> None:
 
 def report_header(title: str, conditions: str, command: str) -> list[str]:
     """A section's first lines: its title, when and where it was measured, and the command."""
-    import datetime
-
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return [f"## {title}", "", f"Measured {now} on {machine()}, {conditions}.", "",
             "```", command, "```", ""]  # fmt: skip
