@@ -7,74 +7,57 @@ value, missing or unreadable data or checkpoint), with a one-line message naming
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import typing
 from collections.abc import Sequence
 from typing import Any
 
-from .config import CHOICES, PRESETS, TrainConfig
+from .config import TrainConfig
 
-__all__ = ["main"]
+__all__ = ["add_config_arguments", "build_parser", "main"]
 
-_HELP = {
-    "data": "dataset name (fashion-mnist, cifar10, cifar100, stl10, digits) or a path to an "
-    "image folder or .npy/.npz file",
-    "data_root": "folder holding the dataset files",
-    "download": "let torchvision download CIFAR/STL-10 into --data-root",
-    "folder_image_size": "side of the square images made from an image folder",
-    "crop_min_scale": "smallest area fraction of the random resized crop (preset: 0.08)",
-    "strict": "fail on the first unreadable image file instead of skipping it with a warning",
-    "holdout": "hold this many training images out of pre-training as k-NN monitor queries "
-    "(for tuning without touching the test split)",
-    "arch": "encoder architecture (see byol.backbones.ARCHITECTURES)",
-    "small_images": "CIFAR-style ResNet stem (default: automatic for images <= 64 px)",
-    "image_size": "side of the augmented training views (default: the stored image size)",
-    "eval_image_size": "side the encoder sees when evaluated, monitored, embedded or exported: "
-    "whole images resized to it (default: --image-size)",
-    "augment": "augmentation preset (auto chooses by dataset and size)",
-    "epochs": "length of the schedules, in epochs",
-    "batch_size": "global batch size per optimizer step",
-    "base_lr": "learning rate for batch 256; scaled linearly by batch_size/256",
-    "target_decay": "tau_base of the target network's moving average",
-    "accumulate": "micro-batches per optimizer step (gradient accumulation)",
-    "max_steps": "stop after this optimizer step (schedules still span --epochs; resumable)",
-    "time_limit": "stop (with a checkpoint) after this many minutes",
-    "schedule_to_time_limit": "fit the learning-rate and tau schedules to --time-limit: the run's "
-    "length is re-estimated from its measured speed as it trains, so the cosine ends when the "
-    "time does (--epochs is the first estimate; the limit counts the time of resumed runs too)",
-    "precision": "fp32 | bf16 | fp16 (auto: fp32 on CPU, bf16 on GPU)",
-    "compile": "torch.compile the training step",
-    "parallel_views": "on CPU (fp32, no DDP/compile), run the two halves of the loss on two "
-    "threads at once (byol.view_parallel)",
-    "checkpoint_every": "write a checkpoint every N optimizer steps (and at the end)",
-    "knn_every": "k-NN monitor every N epochs (0: off)",
-    "skip_nonfinite": "skip steps whose loss is NaN/inf instead of stopping (counted in metrics)",
-    "preset": "start from a named preset: " + ", ".join(PRESETS),
-    "config": "YAML file of config keys; flags override it",
-    "out": "run folder (re-running into it resumes the run)",
-}
+def add_config_arguments(
+    parser: argparse.ArgumentParser,
+    config_class: type,
+    *,
+    names: Sequence[str] | None = None,
+    with_defaults: bool = False,
+) -> None:
+    """One flag per field of ``config_class`` (or of ``names``), from the field's metadata
+    (:func:`byol.config.key`): help, choices, flag name, and an argument group per group.
 
+    Booleans get ``--flag/--no-flag``. Without ``with_defaults`` every flag defaults to None,
+    so only the flags given on the command line override the config.
+    """
+    from .config import key_info
 
-def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    hints = typing.get_type_hints(TrainConfig)
-    for field in dataclasses.fields(TrainConfig):
-        if field.name == "extra":
+    groups: dict[str, Any] = {}
+    for name, info in key_info(config_class).items():
+        if names is not None and name not in names:
             continue
-        flag = "--" + field.name.replace("_", "-")
-        annotation = hints[field.name]
+        group = info.get("group") or "options"
+        if group not in groups:
+            groups[group] = parser.add_argument_group(f"{group} options")
+        flag = info.get("flag") or "--" + name.replace("_", "-")
+        annotation = info["type"]
         is_bool = annotation is bool or (
             typing.get_origin(annotation) is not None and bool in typing.get_args(annotation)
         )
-        default = field.default if field.default is not dataclasses.MISSING else None
-        help_text = _HELP.get(field.name, "") + f" (default: {default})"
+        help_text = info.get("help", "") + f" (default: {info['default']})"
+        default = info["default"] if with_defaults else None
         if is_bool:
-            parser.add_argument(flag, dest=field.name, default=None,
-                                action=argparse.BooleanOptionalAction, help=help_text)  # fmt: skip
+            groups[group].add_argument(flag, dest=name, default=default, help=help_text,
+                                       action=argparse.BooleanOptionalAction)  # fmt: skip
         else:
-            parser.add_argument(flag, dest=field.name, default=None, metavar=field.name.upper(),
-                                choices=CHOICES.get(field.name), help=help_text)  # fmt: skip
+            groups[group].add_argument(
+                flag, dest=name, default=default, help=help_text, metavar=name.upper(),
+                choices=info.get("choices"),
+            )  # fmt: skip
+
+
+def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser, TrainConfig)
     parser.add_argument("--nproc", type=int, default=None,
                         help="launch this many local processes with torchrun (DDP)")  # fmt: skip
 

@@ -1,4 +1,10 @@
-"""Training configuration: one dataclass, presets, YAML files and command-line overrides.
+"""Training configuration: one dataclass whose fields say everything about each key.
+
+Every key of :class:`TrainConfig` carries, next to its default, its help text, its group
+(data, model, optim, runtime, outputs), its choices or range, and whether it may change when a
+run is resumed (:func:`key`). The command-line flags (``byol train``, ``byol bench``), the
+checks, the resume rule and the docs are all derived from these fields, so a key is described
+once.
 
 Precedence, lowest first: dataclass defaults < ``preset`` < YAML file < explicit overrides.
 Every key is checked: an unknown key or a bad value raises :class:`ConfigError` naming the key
@@ -12,7 +18,8 @@ import difflib
 import math
 import types
 import typing
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,111 +27,49 @@ import yaml
 
 from .errors import ConfigError
 
-__all__ = ["PRESETS", "TrainConfig", "load_config", "resolve"]
+__all__ = [
+    "CHOICES",
+    "GROUPS",
+    "PRESETS",
+    "RANGES",
+    "RESUMABLE_CHANGES",
+    "TrainConfig",
+    "check_values",
+    "coerce",
+    "key",
+    "key_info",
+    "load_config",
+    "resolve",
+]
+
+#: The groups of keys, in the order ``byol train --help`` shows them.
+GROUPS = ("data", "model", "optim", "runtime", "outputs")
 
 
-@dataclass
-class TrainConfig:
-    """Everything a ``byol train`` run depends on. Field names are the YAML keys and,
-    with ``_`` → ``-``, the command-line flags."""
-
-    # data
-    data: str = "fashion-mnist"
-    data_root: str | None = None
-    download: bool = False
-    folder_image_size: int = 64
-    holdout: int = 0
-    strict: bool = False
-    # model
-    arch: str = "convnet"
-    small_images: bool | None = None
-    image_size: int | None = None
-    eval_image_size: int | None = None
-    hidden_dim: int = 4096
-    projection_dim: int = 256
-    augment: str = "auto"
-    crop_min_scale: float | None = None
-    # optimisation
-    epochs: float = 100.0
-    batch_size: int = 256
-    base_lr: float = 0.2
-    weight_decay: float = 1.5e-6
-    warmup_epochs: float = 10.0
-    momentum: float = 0.9
-    trust_coefficient: float = 1e-3
-    target_decay: float = 0.996
-    accumulate: int = 1
-    max_steps: int | None = None
-    time_limit: float | None = None
-    schedule_to_time_limit: bool = False
-    # execution
-    device: str = "auto"
-    precision: str = "auto"
-    channels_last: bool = True
-    compile: bool = False
-    parallel_views: bool = True
-    num_workers: int = 2
-    seed: int = 0
-    deterministic: bool = False
-    # outputs
-    out: str = "runs/byol"
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    knn_every: int = 1
-    knn_bank_size: int = 10000
-    knn_k: int = 200
-    knn_temperature: float = 0.1
-    tensorboard: bool = True
-    skip_nonfinite: bool = False
-    preset: str | None = None
-    config: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        values = dataclasses.asdict(self)
-        values.pop("extra")
-        return values
+def key(
+    default: Any,
+    help: str,
+    group: str,
+    *,
+    choices: Sequence[str] | None = None,
+    low: float | None = None,
+    high: float | None = None,
+    resumable: bool = False,
+    flag: str | None = None,
+) -> Any:
+    """A config field with its description: help text, group, choices or inclusive range
+    [``low``, ``high``], whether it may change on resume, and its flag (default:
+    ``--name-with-dashes``)."""
+    metadata = {"help": help, "group": group, "choices": tuple(choices) if choices else None,
+                "range": (low, high) if low is not None or high is not None else None,
+                "resumable": resumable, "flag": flag}  # fmt: skip
+    if isinstance(default, list | dict | set):
+        raise TypeError("config defaults must be immutable")
+    return dataclasses.field(default=default, metadata=metadata)
 
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "precision": ("auto", "fp32", "bf16", "fp16"),
-    "augment": ("auto", "imagenet", "cifar", "fashion-mnist"),
-}
-
-# Ranges are inclusive; None = unbounded.
-RANGES: dict[str, tuple[float | None, float | None]] = {
-    "epochs": (1e-9, None),
-    "batch_size": (2, None),
-    # Upper bounds far above any useful value keep the LARS update inside float32.
-    "base_lr": (0.0, 1e4),
-    "weight_decay": (0.0, 1e4),
-    "warmup_epochs": (0.0, None),
-    "momentum": (0.0, 0.999999),
-    "trust_coefficient": (1e-12, None),
-    "target_decay": (0.0, 1.0),
-    "accumulate": (1, None),
-    "max_steps": (1, None),
-    "time_limit": (1e-9, None),
-    "hidden_dim": (1, None),
-    "projection_dim": (1, None),
-    "image_size": (4, None),
-    "eval_image_size": (4, None),
-    "folder_image_size": (4, None),
-    "holdout": (0, None),
-    "crop_min_scale": (1e-3, 1.0),
-    "num_workers": (0, None),
-    "checkpoint_every": (1, None),
-    "keep_checkpoints": (1, None),
-    "log_every": (1, None),
-    "knn_every": (0, None),
-    "knn_bank_size": (1, None),
-    "knn_k": (1, None),
-    "knn_temperature": (1e-9, None),
-}
-
-# Presets mirror the reference page (ImageNet by length; lr is the base for batch 256) and
-# the project's own tuned small-image recipes (see docs/presets.md for how they were chosen).
+# Presets mirror the reference (ImageNet by length; lr is the base for batch 256) and the
+# project's own tuned small-image recipes (see docs/presets.md for how they were chosen).
 PRESETS: dict[str, dict[str, Any]] = {
     "imagenet-40": {"arch": "resnet50", "epochs": 40, "batch_size": 4096, "base_lr": 0.45,
                     "weight_decay": 1e-6, "target_decay": 0.97, "augment": "imagenet",
@@ -149,21 +94,132 @@ PRESETS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
-def _field_types() -> dict[str, Any]:
-    hints = typing.get_type_hints(TrainConfig)
-    return {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig) if f.name != "extra"}
+@dataclass
+class TrainConfig:
+    """Everything a ``byol train`` run depends on. Field names are the YAML keys and,
+    with ``_`` → ``-``, the command-line flags."""
+
+    # data
+    data: str = key("fashion-mnist", "dataset name (fashion-mnist, cifar10, cifar100, stl10, "
+                    "digits) or a path to an image folder or .npy/.npz file", "data")
+    data_root: str | None = key(None, "folder holding the dataset files", "data", resumable=True)
+    download: bool = key(False, "let torchvision download CIFAR/STL-10 into --data-root", "data",
+                         resumable=True)
+    folder_image_size: int = key(64, "side of the square images made from an image folder",
+                                 "data", low=4)
+    holdout: int = key(0, "hold this many training images out of pre-training as k-NN monitor "
+                       "queries (for tuning without touching the test split)", "data", low=0)
+    strict: bool = key(False, "fail on the first unreadable image file instead of skipping it "
+                       "with a warning", "data", resumable=True)
+    # model
+    arch: str = key("convnet", "encoder architecture (see byol.backbones.ARCHITECTURES)",
+                    "model")
+    small_images: bool | None = key(None, "CIFAR-style ResNet stem (default: automatic for "
+                                    "images <= 64 px)", "model")
+    image_size: int | None = key(None, "side of the augmented training views (default: the "
+                                 "stored image size)", "model", low=4)
+    eval_image_size: int | None = key(None, "side the encoder sees when evaluated, monitored, "
+                                      "embedded or exported: whole images resized to it "
+                                      "(default: --image-size)", "model", low=4)
+    hidden_dim: int = key(4096, "hidden width of the projector and predictor", "model", low=1)
+    projection_dim: int = key(256, "output width of the projector and predictor", "model",
+                              low=1)
+    augment: str = key("auto", "augmentation preset (auto chooses by dataset and size)", "model",
+                       choices=("auto", "imagenet", "cifar", "fashion-mnist"))
+    crop_min_scale: float | None = key(None, "smallest area fraction of the random resized crop "
+                                       "(preset: 0.08)", "model", low=1e-3, high=1.0)
+    # optimisation
+    epochs: float = key(100.0, "length of the schedules, in epochs", "optim", low=1e-9)
+    batch_size: int = key(256, "global batch size per optimizer step", "optim", low=2)
+    # Upper bounds far above any useful value keep the LARS update inside float32.
+    base_lr: float = key(0.2, "learning rate for batch 256; scaled linearly by batch_size/256",
+                         "optim", low=0.0, high=1e4)
+    weight_decay: float = key(1.5e-6, "weight decay (LARS-adapted, not on biases and norms)",
+                              "optim", low=0.0, high=1e4)
+    warmup_epochs: float = key(10.0, "linear learning-rate warm-up, in epochs", "optim", low=0.0)
+    momentum: float = key(0.9, "LARS momentum", "optim", low=0.0, high=0.999999)
+    trust_coefficient: float = key(1e-3, "LARS trust coefficient", "optim", low=1e-12)
+    target_decay: float = key(0.996, "tau_base of the target network's moving average", "optim",
+                              low=0.0, high=1.0)
+    accumulate: int = key(1, "micro-batches per optimizer step (gradient accumulation)", "optim",
+                          low=1)
+    max_steps: int | None = key(None, "stop after this optimizer step (schedules still span "
+                                "--epochs; resumable)", "optim", low=1, resumable=True)
+    time_limit: float | None = key(None, "stop (with a checkpoint) after this many minutes",
+                                   "optim", low=1e-9, resumable=True)
+    schedule_to_time_limit: bool = key(
+        False, "fit the learning-rate and tau schedules to --time-limit: the run's length is "
+        "re-estimated from its measured speed as it trains, so the cosine ends when the time "
+        "does (--epochs is the first estimate; the limit counts the time of resumed runs too)",
+        "optim")
+    # execution
+    device: str = key("auto", "auto, cpu, cuda[:N] or mps", "runtime", resumable=True)
+    precision: str = key("auto", "fp32 | bf16 | fp16 (auto: fp32 on CPU, bf16 on GPU)",
+                         "runtime", choices=("auto", "fp32", "bf16", "fp16"))
+    channels_last: bool = key(True, "channels-last memory format for the networks", "runtime")
+    compile: bool = key(False, "torch.compile the training step", "runtime")
+    parallel_views: bool = key(True, "on CPU (fp32, no DDP/compile), run the two halves of the "
+                               "loss on two threads at once (byol.view_parallel)", "runtime",
+                               resumable=True)
+    num_workers: int = key(2, "DataLoader workers for streamed datasets", "runtime", low=0,
+                           resumable=True)
+    seed: int = key(0, "seed of the initial weights, data order and augmentations", "runtime")
+    deterministic: bool = key(False, "torch deterministic algorithms (slower)", "runtime")
+    # outputs
+    out: str = key("runs/byol", "run folder (re-running into it resumes the run)", "outputs",
+                   resumable=True)
+    checkpoint_every: int = key(500, "write a checkpoint every N optimizer steps (and at the end)",
+                                "outputs", low=1, resumable=True)
+    keep_checkpoints: int = key(2, "numbered checkpoints kept besides last.pt", "outputs", low=1,
+                                resumable=True)
+    log_every: int = key(10, "write a metrics record every N optimizer steps", "outputs", low=1,
+                         resumable=True)
+    knn_every: int = key(1, "k-NN monitor every N epochs (0: off)", "outputs", low=0,
+                         resumable=True)
+    knn_bank_size: int = key(10000, "labelled training images in the k-NN monitor's bank",
+                             "outputs", low=1)
+    knn_k: int = key(200, "neighbours of the k-NN monitor", "outputs", low=1)
+    knn_temperature: float = key(0.1, "temperature of the k-NN monitor's vote", "outputs",
+                                 low=1e-9)
+    tensorboard: bool = key(True, "also write TensorBoard events to RUN/tb", "outputs",
+                            resumable=True)
+    skip_nonfinite: bool = key(False, "skip steps whose loss is NaN/inf instead of stopping "
+                               "(counted in metrics)", "outputs")
+    preset: str | None = key(None, "start from a named preset", "outputs", choices=tuple(PRESETS))
+    config: str | None = key(None, "YAML file of config keys; flags override it", "outputs",
+                             resumable=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
-def _unknown_key(key: str, where: str) -> ConfigError:
-    valid = sorted(_field_types())
-    close = difflib.get_close_matches(key, valid, n=1)
+def key_info(cls: type = TrainConfig) -> dict[str, dict[str, Any]]:
+    """Each field of the config dataclass ``cls``: its metadata plus ``type`` and ``default``."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: {**f.metadata, "type": hints[f.name], "default": f.default}
+            for f in dataclasses.fields(cls)}  # fmt: skip
+
+
+_INFO = key_info()
+#: Derived from the fields: the keys with a fixed set of values, and the numeric ranges.
+CHOICES: dict[str, tuple[str, ...]] = {k: v["choices"] for k, v in _INFO.items() if v["choices"]}
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    k: v["range"] for k, v in _INFO.items() if v["range"]
+}
+#: Keys that may change between a run and its resumption without changing its result.
+RESUMABLE_CHANGES = frozenset(k for k, v in _INFO.items() if v["resumable"])
+
+
+
+def _unknown_key(name: str, where: str, valid: Sequence[str]) -> ConfigError:
+    close = difflib.get_close_matches(name, valid, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return ConfigError(
-        f"unknown config key {key!r} in {where}{hint}; valid keys: {', '.join(valid)}"
+        f"unknown config key {name!r} in {where}{hint}; valid keys: {', '.join(sorted(valid))}"
     )
 
 
-def _coerce(key: str, value: Any, annotation: Any) -> Any:
+def coerce(name: str, value: Any, annotation: Any) -> Any:
     """Convert ``value`` (from YAML or a command-line string) to the field's type."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
@@ -172,55 +228,56 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         if is_none and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(key, value, inner[0])
+        return coerce(name, value, inner[0])
     if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
-            return True
-        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return _coerce_bool(name, value)
     if annotation is int:
         if isinstance(value, bool):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
         try:
             number = float(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{key} must be an integer, got {value!r}") from None
+            raise ConfigError(f"{name} must be an integer, got {value!r}") from None
         if not number.is_integer():
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
         return int(number)
     if annotation is float:
         if isinstance(value, bool):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
+            raise ConfigError(f"{name} must be a number, got {value!r}")
         try:
             return float(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{key} must be a number, got {value!r}") from None
+            raise ConfigError(f"{name} must be a number, got {value!r}") from None
     if annotation is str:
         if not isinstance(value, str | int | float) or isinstance(value, bool):
-            raise ConfigError(f"{key} must be a string, got {value!r}")
+            raise ConfigError(f"{name} must be a string, got {value!r}")
         return str(value)
     return value
 
 
-def _check(config: TrainConfig) -> None:
-    from .backbones import ARCHITECTURES
+def _coerce_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {value!r}")
 
-    for key, choices in CHOICES.items():
-        if getattr(config, key) not in choices:
-            raise ConfigError(
-                f"{key} must be one of {', '.join(choices)}; got {getattr(config, key)!r}"
-            )
-    if config.arch not in ARCHITECTURES:
-        raise ConfigError(f"arch must be one of {', '.join(ARCHITECTURES)}; got {config.arch!r}")
-    if config.preset is not None and config.preset not in PRESETS:
-        raise ConfigError(f"preset must be one of {', '.join(PRESETS)}; got {config.preset!r}")
-    for key, (low, high) in RANGES.items():
-        value = getattr(config, key)
-        if value is None:
+
+def check_values(config: Any, *, flags: bool = False) -> None:
+    """Check every field of a config dataclass against its choices and range.
+
+    Errors name the key (or, with ``flags``, the command-line flag).
+    """
+    for name, info in key_info(type(config)).items():
+        value = getattr(config, name)
+        label = (info["flag"] or "--" + name.replace("_", "-")) if flags else name
+        if info["choices"] and value is not None and value not in info["choices"]:
+            raise ConfigError(f"{label} must be one of {', '.join(info['choices'])}; got {value!r}")
+        if info["range"] is None or value is None:
             continue
+        low, high = info["range"]
         if (
             not math.isfinite(value)
             or (low is not None and value < low)
@@ -229,7 +286,17 @@ def _check(config: TrainConfig) -> None:
             bounds = (
                 f"{'(-inf' if low is None else f'[{low}'}, {'inf)' if high is None else f'{high}]'}"
             )
-            raise ConfigError(f"{key} must lie in {bounds}, got {value!r}")
+            raise ConfigError(f"{label} must lie in {bounds}, got {value!r}")
+
+
+def _check(config: TrainConfig) -> None:
+    from .backbones import ARCHITECTURES
+
+    check_values(config)
+    if config.arch not in ARCHITECTURES:
+        raise ConfigError(f"arch must be one of {', '.join(ARCHITECTURES)}; got {config.arch!r}")
+    if config.preset is not None and config.preset not in PRESETS:
+        raise ConfigError(f"preset must be one of {', '.join(PRESETS)}; got {config.preset!r}")
     if config.batch_size % config.accumulate:
         raise ConfigError(
             f"batch_size ({config.batch_size}) must be divisible by "
@@ -246,10 +313,9 @@ def _check(config: TrainConfig) -> None:
 
 def resolve(values: dict[str, Any], where: str = "overrides") -> TrainConfig:
     """Build a checked :class:`TrainConfig` from a flat dict (preset applied first)."""
-    types_ = _field_types()
-    for key in values:
-        if key not in types_:
-            raise _unknown_key(key, where)
+    for name in values:
+        if name not in _INFO:
+            raise _unknown_key(name, where, list(_INFO))
     merged: dict[str, Any] = {}
     preset = values.get("preset")
     if preset is not None:
@@ -257,16 +323,24 @@ def resolve(values: dict[str, Any], where: str = "overrides") -> TrainConfig:
             raise ConfigError(f"preset must be one of {', '.join(PRESETS)}; got {preset!r}")
         merged.update(PRESETS[preset])
     merged.update(values)
-    coerced = {key: _coerce(key, value, types_[key]) for key, value in merged.items()}
+    coerced = {name: coerce(name, value, _INFO[name]["type"]) for name, value in merged.items()}
     config = TrainConfig(**coerced)
     _check(config)
     return config
 
 
+#: A section of a run's ``config.yaml`` that is derived from the config and the data (the run
+#: plan, :mod:`byol.plan`): written for the reader, recomputed by every run, never an input.
+DERIVED_SECTION = "plan"
+
+
 def load_config(
     path: str | Path | None = None, overrides: dict[str, Any] | None = None
 ) -> TrainConfig:
-    """Read a YAML file (flat mapping of keys) and apply ``overrides`` on top of it."""
+    """Read a YAML file (flat mapping of keys) and apply ``overrides`` on top of it.
+
+    A run folder's ``config.yaml`` works as input too: its derived ``plan`` section is ignored.
+    """
     values: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -280,9 +354,10 @@ def load_config(
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of keys to values")
-        for key in loaded:
-            if key not in _field_types():
-                raise _unknown_key(str(key), str(path))
+        loaded.pop(DERIVED_SECTION, None)
+        for name in loaded:
+            if name not in _INFO:
+                raise _unknown_key(str(name), str(path), list(_INFO))
         values.update(loaded)
         values["config"] = str(path)
     values.update(overrides or {})

@@ -39,6 +39,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .errors import ConfigError
+from .runtime import resolve_device
 from .syncbn import convert_sync_batchnorm
 
 __all__ = ["DEFAULT_TIMEOUT_MINUTES", "Distributed", "launch_local"]
@@ -74,28 +75,6 @@ def _timeout() -> timedelta:
             f"(default {DEFAULT_TIMEOUT_MINUTES:g})"
         )
     return timedelta(minutes=minutes)
-
-
-def _choose_device(requested: str, local_rank: int) -> torch.device:
-    """cuda:LOCAL_RANK when CUDA is requested or available (``auto``), else cpu."""
-    kind = torch.device(requested).type if requested != "auto" else None
-    if kind is None:
-        kind = "cuda" if torch.cuda.is_available() else "cpu"
-    if kind == "cpu":
-        return torch.device("cpu")
-    if kind != "cuda":
-        raise ConfigError(
-            f"--device {requested!r} is not supported for distributed training; use cuda or cpu"
-        )
-    if not torch.cuda.is_available():
-        raise ConfigError(f"--device {requested!r} requested but CUDA is not available here")
-    count = torch.cuda.device_count()
-    if local_rank >= count:
-        raise ConfigError(
-            f"LOCAL_RANK {local_rank} has no GPU: only {count} visible on this machine; start "
-            f"at most {count} processes per node (torchrun --nproc_per_node)"
-        )
-    return torch.device("cuda", local_rank)
 
 
 def _no_buffer_broadcast() -> dict[str, bool]:
@@ -163,7 +142,7 @@ class Distributed:
         local_rank = _env_int("LOCAL_RANK")
         if not 0 <= rank < world_size:
             raise ConfigError(f"RANK={rank} is outside 0..WORLD_SIZE-1 (WORLD_SIZE={world_size})")
-        chosen = _choose_device(device, local_rank)
+        chosen = resolve_device(device, local_rank=local_rank)
         backend = "nccl" if chosen.type == "cuda" else "gloo"
         if dist.is_initialized():
             if dist.get_world_size() != world_size or dist.get_rank() != rank:

@@ -1,10 +1,10 @@
 """The BYOL module: online and target networks, the regression loss and the target update.
 
-Follows ``shared/reference/byol-method.md``: the online network is encoder → projector →
-predictor (weights θ), the target network is encoder → projector (weights ξ, an exponential
-moving average of θ). The loss is the symmetrised normalised-MSE between the online prediction
-of one view and the target projection of the other view, summed over the two directions and
-averaged over the batch.
+Follows the paper (Grill et al. 2020, section 3.1; docs/method.md): the online network is
+encoder → projector → predictor (weights θ), the target network is encoder → projector
+(weights ξ, an exponential moving average of θ). The loss is the symmetrised normalised-MSE
+between the online prediction of one view and the target projection of the other view, summed
+over the two directions and averaged over the batch.
 """
 
 from __future__ import annotations
@@ -16,7 +16,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["BYOL", "MLPHead", "collapse_std", "infer_feature_dim", "regression_loss"]
+__all__ = [
+    "BYOL",
+    "COLLAPSE_WARNING",
+    "MLPHead",
+    "collapse_std",
+    "infer_feature_dim",
+    "regression_loss",
+]
+
+#: :func:`collapse_std` below this warns that the representations are collapsing (healthy ~1).
+COLLAPSE_WARNING = 0.05
 
 
 class MLPHead(nn.Sequential):
@@ -144,12 +154,14 @@ class BYOL(nn.Module):
         yield from self.target_projector.parameters()
 
     # -- forward ------------------------------------------------------------------------
-    def _online(self, view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def online(self, view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Online projection z and prediction q(z) of a batch of views (with gradient)."""
         projection = self.online_projector(self.online_encoder(view).flatten(1))
         return projection, self.predictor(projection)
 
     @torch.no_grad()
-    def _target(self, view: torch.Tensor) -> torch.Tensor:
+    def target(self, view: torch.Tensor) -> torch.Tensor:
+        """Target projection z' of a batch of views: no gradient (the stop-gradient)."""
         return self.target_projector(self.target_encoder(view).flatten(1))
 
     def forward(
@@ -158,17 +170,17 @@ class BYOL(nn.Module):
         """Symmetrised BYOL loss. With ``return_stats`` also a dict of detached 0-d tensors."""
         if self.concat_views:
             batch = view1.shape[0]
-            projection, prediction = self._online(torch.cat([view1, view2]))
-            target = self._target(torch.cat([view1, view2]))
+            projection, prediction = self.online(torch.cat([view1, view2]))
+            target = self.target(torch.cat([view1, view2]))
             projection1 = projection[:batch]
             prediction1, prediction2 = prediction[:batch], prediction[batch:]
             target1, target2 = target[:batch], target[batch:]
         else:
             # Each view is its own forward pass, so BatchNorm statistics are per view.
-            projection1, prediction1 = self._online(view1)
-            _, prediction2 = self._online(view2)
-            target1 = self._target(view1)
-            target2 = self._target(view2)
+            projection1, prediction1 = self.online(view1)
+            _, prediction2 = self.online(view2)
+            target1 = self.target(view1)
+            target2 = self.target(view2)
         loss = (
             regression_loss(prediction1, target2) + regression_loss(prediction2, target1)
         ).mean()

@@ -1,0 +1,121 @@
+"""The run plan: every setting derived from the config and the data, decided in one place.
+
+A config leaves some choices to the data (``augment: auto``, the ResNet stem, the view and
+evaluation sizes) and the schedules are counted in epochs. :func:`make_plan` turns config +
+data into a :class:`RunPlan`; training builds everything from it, the checkpoint and
+``config.yaml`` record it, and hand-over (evaluation, embedding, export, report) rebuilds the
+encoder from the recorded plan instead of working the choices out again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .augment import PRESETS as AUGMENT_PRESETS
+from .augment import ViewConfig
+from .backbones import default_small_images
+from .config import TrainConfig
+from .errors import ConfigError
+
+__all__ = ["RunPlan", "augment_preset", "make_plan"]
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run trains on and for how long, as derived from its config and data.
+
+    ``view_size`` is the side of the augmented training views, ``image_size`` the side whole
+    images are resized to when the encoder is evaluated, monitored, embedded or exported.
+    The schedule fields are None in plans read back from checkpoints of byol < 0.2.
+    """
+
+    view_size: int
+    image_size: int
+    small_images: bool
+    augment: str
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    steps_per_epoch: int | None = None
+    total_steps: int | None = None
+    warmup_steps: int | None = None
+    peak_lr: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values["mean"], values["std"] = list(self.mean), list(self.std)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunPlan:
+        known = {f.name for f in dataclasses.fields(cls)}
+        fields = {k: v for k, v in values.items() if k in known}
+        fields["mean"] = tuple(float(v) for v in fields["mean"])
+        fields["std"] = tuple(float(v) for v in fields["std"])
+        return cls(**fields)
+
+    def views(self, crop_min_scale: float | None = None) -> tuple[ViewConfig, ViewConfig]:
+        """The two views' augmentation settings: the preset, with ``crop_min_scale`` applied."""
+        views = AUGMENT_PRESETS[self.augment]
+        if crop_min_scale is None:
+            return views
+        return tuple(  # type: ignore[return-value]
+            dataclasses.replace(view, crop_scale=(crop_min_scale, view.crop_scale[1]))
+            for view in views
+        )
+
+
+def augment_preset(config: TrainConfig, view_size: int) -> str:
+    """``config.augment``, with ``auto`` resolved: the tuned Fashion-MNIST recipe for that
+    dataset, the blur-free CIFAR recipe for views of at most 64 px, the paper's above."""
+    if config.augment != "auto":
+        return config.augment
+    if str(config.data).lower() == "fashion-mnist":
+        return "fashion-mnist"
+    return "cifar" if view_size <= 64 else "imagenet"
+
+
+def make_plan(
+    config: TrainConfig,
+    *,
+    image_hw: tuple[int, int],
+    channels: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    num_items: int,
+    world_size: int = 1,
+) -> RunPlan:
+    """The plan of a run of ``config`` on ``num_items`` images of ``image_hw`` pixels.
+
+    Views may be smaller than the images the encoder is evaluated on: a fully convolutional
+    encoder trains several times faster on low-resolution crops and, as FixRes (Touvron et al.
+    2019) found, a random-resized-crop model sees objects larger at test time, which a higher
+    test resolution matches (docs/presets.md measures it). Each rank gets an equal share of
+    every batch, so the dataset is cut to a multiple of ``world_size``.
+    """
+    view_size = config.image_size or min(image_hw)
+    image_size = config.eval_image_size or view_size
+    small_images = config.small_images
+    if small_images is None:
+        small_images = default_small_images(image_size)
+    # A channel that never varies (blank scans, a solid background) has std 0; one grey level
+    # keeps its normalisation finite instead of refusing the data.
+    std = tuple(max(value, 1 / 255) for value in std)
+    usable = num_items // world_size * world_size
+    steps_per_epoch = usable // config.batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"batch_size ({config.batch_size}) is larger than the dataset ({usable} "
+            "images); use --batch-size <= the number of images"
+        )
+    return RunPlan(
+        view_size=view_size, image_size=image_size, small_images=bool(small_images),
+        augment=augment_preset(config, view_size), channels=channels,
+        mean=tuple(mean), std=std, steps_per_epoch=steps_per_epoch,
+        total_steps=max(1, math.ceil(config.epochs * steps_per_epoch)),
+        warmup_steps=round(config.warmup_epochs * steps_per_epoch),
+        peak_lr=config.base_lr * config.batch_size / 256,
+    )  # fmt: skip
