@@ -1,30 +1,20 @@
 """BYOL's two view augmentation pipelines, drawn per sample and run as batched tensor ops.
 
-Order per view (``shared/reference/byol-method.md``, paper Table 6): random resized crop →
-horizontal flip → colour jitter (brightness, contrast, saturation, hue in a random order per
-sample, clipped after each) → grayscale → Gaussian blur → solarisation → clip to [0, 1] →
-per-channel normalisation. Every sample draws its own parameters; the batch stays on its device.
+Order per view (paper Table 6; docs/method.md): random resized crop → horizontal flip →
+colour jitter (brightness, contrast, saturation, hue in a random order per sample, clipped
+after each) → grayscale → Gaussian blur → solarisation → clip to [0, 1] → per-channel
+normalisation. Every sample draws its own parameters; the batch stays on its device.
 
 How each step is computed:
 
-* **Crop, resize and flip** are one ``F.grid_sample`` call (bilinear by default,
-  ``align_corners=False``, border padding) over per-sample axis-aligned grids; the flip negates
-  the grid's x scale. Crop boxes are continuous (not rounded to pixels): area fraction
-  ``s ~ U(crop_scale)`` of the image, aspect ratio ``r = exp(U(log crop_ratio))``, width
-  ``sqrt(s A r)`` and height ``sqrt(s A / r)``. As in torchvision, up to 10 (s, r) pairs are drawn
-  per sample and the first one whose box fits inside the image is kept (so the law is the uniform
-  one restricted to boxes that fit); the box's top-left corner is then uniform over the positions
-  that keep it inside. A sample whose 10 tries all fail takes a central crop: the whole image,
-  with its aspect ratio clamped into ``crop_ratio``. Boxes never leave the image; border padding
-  only matters for the half pixel at the box edges. Bilinear sampling does not low-pass, so
-  downscaling a large crop by more than 2× aliases (the paper's 224-pixel crops of ImageNet
-  photos mostly downscale little).
+* **Crop, resize and flip**: :mod:`byol.augment.crops` (one ``grid_sample`` over per-sample
+  boxes, torchvision's ten-try law for the boxes).
 * **Colour jitter** loops over the 4 positions of the order; at each, every op runs only on the
-  samples that have it at that position (``index_select`` + ``index_copy_``). Each jittered sample
-  is thus processed once per op, about 4× less arithmetic than computing all four candidates
-  at every position and selecting, at the cost of 16 small gathers/scatters. Saturation is
-  computed in RGB with an identity exactly equal to scaling HSV saturation (see
-  :func:`byol.color.adjust_saturation`); hue goes through our batched RGB ↔ HSV conversion.
+  samples that have it at that position. Each jittered sample is thus processed once per op,
+  about 4x less arithmetic than computing all four candidates at every position and
+  selecting. Saturation is computed in RGB with an identity exactly equal to scaling HSV
+  saturation (see :func:`byol.color.adjust_saturation`); hue goes through our batched
+  RGB ↔ HSV conversion.
 * **Grayscale, blur, solarisation** act on the selected subset only; ops whose probability
   (or strength) is 0 are skipped entirely. The blur kernel size is ``side // 10`` made odd
   (23 at 224, 9 at 96, at least 3) from the *output* size; sigma ~ U(blur_sigma).
@@ -39,64 +29,40 @@ batch (parameters are computed on the CPU, then moved).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
-from .color import (
+from ..color import (
     adjust_brightness,
     adjust_contrast,
     adjust_hue,
     adjust_saturation,
     blur_kernel_size,
     gaussian_blur,
-    gaussian_kernel1d,
-    hsv_to_rgb,
-    rgb_to_hsv,
     solarize,
     to_grayscale,
 )
-from .errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
+from .crops import CROP_TRIES, crop_boxes, prepare_whole_images, resample_boxes
+from .views import (
+    FASHION_MNIST_MEAN,
+    FASHION_MNIST_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PRESETS,
+    ViewConfig,
+)
 
-__all__ = [
-    "FASHION_MNIST_MEAN",
-    "FASHION_MNIST_STD",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "JITTER_OPS",
-    "PRESETS",
-    "BYOLAugment",
-    "ViewConfig",
-    "adjust_brightness",
-    "adjust_contrast",
-    "adjust_hue",
-    "adjust_saturation",
-    "blur_kernel_size",
-    "gaussian_blur",
-    "gaussian_kernel1d",
-    "hsv_to_rgb",
-    "rgb_to_hsv",
-    "solarize",
-    "to_grayscale",
-]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# Default for single-channel input: the Fashion-MNIST training-set statistics.
-FASHION_MNIST_MEAN = (0.2860,)
-FASHION_MNIST_STD = (0.3530,)
+__all__ = ["JITTER_OPS", "BYOLAugment"]
 
 #: Op index used in ``params["jitter_order"]`` and the columns of ``params["jitter_factors"]``.
 JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
 
-_CROP_TRIES = 10
 # Columns of the per-view block of uniforms; fixed so that a seed fixes every draw.
-_U_SCALE = slice(0, _CROP_TRIES)
-_U_RATIO = slice(_CROP_TRIES, 2 * _CROP_TRIES)
+_U_SCALE = slice(0, CROP_TRIES)
+_U_RATIO = slice(CROP_TRIES, 2 * CROP_TRIES)
 _U_POS_X, _U_POS_Y, _U_FLIP, _U_JITTER = 20, 21, 22, 23
 _U_FACTORS = slice(24, 28)
 _U_ORDER = slice(28, 32)
@@ -104,64 +70,6 @@ _U_GRAY, _U_BLUR, _U_SIGMA, _U_SOLARIZE = 32, 33, 34, 35
 _N_UNIFORMS = 36
 
 _INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
-
-
-@dataclass(frozen=True)
-class ViewConfig:
-    """Probabilities and strengths of one view's augmentations (defaults: the paper's T)."""
-
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip_prob: float = 0.5
-    jitter_prob: float = 0.8
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.2
-    hue: float = 0.1
-    grayscale_prob: float = 0.2
-    blur_prob: float = 1.0
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    solarize_prob: float = 0.0
-
-    def __post_init__(self) -> None:
-        for name in ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"ViewConfig.{name} must be a probability in [0, 1], got {value}")
-        for name in ("brightness", "contrast", "saturation"):
-            value = getattr(self, name)
-            if value < 0:
-                raise ConfigError(f"ViewConfig.{name} must be >= 0, got {value}")
-        if not 0.0 <= self.hue <= 0.5:
-            raise ConfigError(f"ViewConfig.hue must be in [0, 0.5], got {self.hue}")
-        for name, low_ok in (("crop_scale", 0.0), ("crop_ratio", 0.0), ("blur_sigma", 0.0)):
-            pair = tuple(getattr(self, name))
-            if len(pair) != 2 or not low_ok < pair[0] <= pair[1]:
-                raise ConfigError(
-                    f"ViewConfig.{name} must be a pair (low, high) with 0 < low <= high, got {pair}"
-                )
-            object.__setattr__(self, name, (float(pair[0]), float(pair[1])))
-        if self.crop_scale[1] > 1.0:
-            raise ConfigError(f"ViewConfig.crop_scale must lie in (0, 1], got {self.crop_scale}")
-
-
-_VIEW1 = ViewConfig(blur_prob=1.0, solarize_prob=0.0)
-_VIEW2 = ViewConfig(blur_prob=0.1, solarize_prob=0.2)
-_CIFAR1 = replace(_VIEW1, blur_prob=0.0)
-_CIFAR2 = replace(_VIEW2, blur_prob=0.0)
-
-#: Named (view 1, view 2) configurations. ``imagenet`` is the paper's T / T'; ``cifar`` drops
-#: the blur, as CIFAR-scale reproductions do; ``fashion-mnist`` is ``cifar`` with crops of at
-#: least a quarter of the image (tuned, see docs/presets.md).
-PRESETS: dict[str, tuple[ViewConfig, ViewConfig]] = {
-    "imagenet": (_VIEW1, _VIEW2),
-    "cifar": (_CIFAR1, _CIFAR2),
-    # 28 px images: crops below a quarter of the image lose the garment (docs/presets.md).
-    "fashion-mnist": (
-        replace(_CIFAR1, crop_scale=(0.25, 1.0)),
-        replace(_CIFAR2, crop_scale=(0.25, 1.0)),
-    ),
-}
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
@@ -279,19 +187,10 @@ class BYOLAugment:
         """Deterministic view for evaluation: resize + centre crop to ``size``, then normalise.
 
         The shorter side is resized (bilinear, antialiased) so the image covers ``size``, and the
-        centre is cropped; an image already of that size is only normalised.
+        centre is cropped (:func:`byol.augment.crops.prepare_whole_images`); an image already of
+        that size is only normalised.
         """
-        image = self._to_float(batch)
-        out_h, out_w = self.size
-        h, w = image.shape[-2:]
-        if (h, w) != (out_h, out_w):
-            scale = max(out_h / h, out_w / w)
-            new_h, new_w = max(out_h, round(h * scale)), max(out_w, round(w * scale))
-            image = F.interpolate(
-                image, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True
-            ).clamp_(0.0, 1.0)
-            top, left = (new_h - out_h) // 2, (new_w - out_w) // 2
-            image = image[..., top : top + out_h, left : left + out_w]
+        image = prepare_whole_images(self._to_float(batch), self.size).clamp_(0.0, 1.0)
         return self._normalise(image.contiguous())
 
     # ---------------------------------------------------------------- the pipeline
@@ -324,7 +223,7 @@ class BYOLAugment:
         params = _draw_params(uniforms, config, h, w, c)
         device = image.device
 
-        out = self._resample(image, params["crop"].to(device), params["flip"].to(device))
+        out = resample_boxes(image, params["crop"], params["flip"], self.size, self.interpolation)
 
         if params["jitter"].any():
             out = _colour_jitter(out, params, config, c)
@@ -341,39 +240,6 @@ class BYOLAugment:
         if self.interpolation == "bicubic":
             out = out.clamp_(0.0, 1.0)  # bicubic overshoots; other ops keep [0, 1] themselves
         return self._normalise(out), params
-
-    def _resample(
-        self, image: torch.Tensor, crop: torch.Tensor, flip: torch.Tensor
-    ) -> torch.Tensor:
-        """Crop every box, resize it to ``size`` and flip the flagged ones: one grid_sample."""
-        b, _, h, w = image.shape
-        out_h, out_w = self.size
-        dtype = image.dtype
-        crop = crop.to(dtype)
-        # Normalised coordinates (align_corners=False): -1 and 1 are the outer edges of the
-        # image, so the box [x0, x1] maps to centre (x0 + x1) / w - 1 and half-width (x1 - x0) / w.
-        centre_x = (crop[:, 0] + crop[:, 2]) / w - 1.0
-        centre_y = (crop[:, 1] + crop[:, 3]) / h - 1.0
-        half_x = (crop[:, 2] - crop[:, 0]) / w
-        half_y = (crop[:, 3] - crop[:, 1]) / h
-        half_x = torch.where(flip, -half_x, half_x)
-        base_x = (
-            torch.arange(out_w, device=image.device, dtype=dtype)
-            .mul_(2.0 / out_w)
-            .add_(1.0 / out_w - 1.0)
-        )
-        base_y = (
-            torch.arange(out_h, device=image.device, dtype=dtype)
-            .mul_(2.0 / out_h)
-            .add_(1.0 / out_h - 1.0)
-        )
-        grid_x = torch.addcmul(centre_x[:, None], half_x[:, None], base_x[None, :])
-        grid_y = torch.addcmul(centre_y[:, None], half_y[:, None], base_y[None, :])
-        shape = (b, out_h, out_w)
-        grid = torch.stack((grid_x[:, None, :].expand(shape), grid_y[:, :, None].expand(shape)), -1)
-        return F.grid_sample(
-            image, grid, mode=self.interpolation, padding_mode="border", align_corners=False
-        )
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         c = x.shape[1]
@@ -400,31 +266,11 @@ def _draw_params(
     uniforms: torch.Tensor, config: ViewConfig, h: int, w: int, channels: int
 ) -> dict[str, torch.Tensor]:
     """Turn a ``(B, 36)`` block of U[0, 1) draws into the per-sample parameters of one view."""
-    area = float(h * w)
-    scale_lo, scale_hi = config.crop_scale
-    log_lo, log_hi = math.log(config.crop_ratio[0]), math.log(config.crop_ratio[1])
-    scale = scale_lo + (scale_hi - scale_lo) * uniforms[:, _U_SCALE]
-    ratio = torch.exp(log_lo + (log_hi - log_lo) * uniforms[:, _U_RATIO])
-    widths = torch.sqrt(area * scale * ratio)
-    heights = torch.sqrt(area * scale / ratio)
-    fits = (widths <= w) & (heights <= h)
-    first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # first fitting try (0 if none)
-    found = fits.any(dim=1)
-    # Central-crop fallback: the whole image with its aspect ratio clamped into crop_ratio.
-    image_ratio = w / h
-    if image_ratio < config.crop_ratio[0]:
-        fallback_w, fallback_h = float(w), w / config.crop_ratio[0]
-    elif image_ratio > config.crop_ratio[1]:
-        fallback_w, fallback_h = h * config.crop_ratio[1], float(h)
-    else:
-        fallback_w, fallback_h = float(w), float(h)
-    box_w = torch.where(found, widths.gather(1, first).squeeze(1), fallback_w)
-    box_h = torch.where(found, heights.gather(1, first).squeeze(1), fallback_h)
-    pos_x = torch.where(found, uniforms[:, _U_POS_X], 0.5)
-    pos_y = torch.where(found, uniforms[:, _U_POS_Y], 0.5)
-    x0 = pos_x * (w - box_w)
-    y0 = pos_y * (h - box_h)
-    crop = torch.stack((x0, y0, x0 + box_w, y0 + box_h), dim=1)
+    crop = crop_boxes(
+        uniforms[:, _U_SCALE], uniforms[:, _U_RATIO], uniforms[:, _U_POS_X],
+        uniforms[:, _U_POS_Y], height=h, width=w, scale=config.crop_scale,
+        ratio=config.crop_ratio,
+    )  # fmt: skip
 
     u_factors = uniforms[:, _U_FACTORS]
     lows = torch.tensor(

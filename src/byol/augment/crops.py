@@ -1,0 +1,187 @@
+"""Crops, flips and whole-image preparation: the geometry shared by training and evaluation.
+
+* :func:`crop_boxes` turns uniform draws into random-resized-crop boxes. Boxes are continuous
+  (not rounded to pixels): area fraction ``s ~ U(scale)`` of the image, aspect ratio
+  ``r = exp(U(log ratio))``, width ``sqrt(s A r)`` and height ``sqrt(s A / r)``. As in
+  torchvision, up to ``tries`` (s, r) pairs are drawn per sample and the first one whose box
+  fits inside the image is kept (so the law is the uniform one restricted to boxes that fit);
+  the box's top-left corner is then uniform over the positions that keep it inside. A sample
+  whose tries all fail takes a central crop: the whole image, its aspect ratio clamped into
+  ``ratio``.
+* :func:`resample_boxes` crops every box, resizes it and flips the flagged ones in one
+  ``F.grid_sample`` call (``align_corners=False``, border padding) over per-sample
+  axis-aligned grids; the flip negates the grid's x scale. Bilinear sampling does not
+  low-pass, so downscaling a large crop by more than 2x aliases.
+* :func:`random_resized_crop_flip` is the two together, drawn from a generator (the augmented
+  linear probe's training crops).
+* :func:`pad_crop_flip` is the CIFAR-style crop: pad, take a random crop of the original size,
+  flip half of the samples.
+* :func:`prepare_whole_images` is how a whole image is shown to an encoder being evaluated,
+  monitored, embedded or exported: a centre crop of ``crop_fraction`` of the shorter side,
+  resized (bilinear, antialiased) to ``size`` x ``size``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "CROP_TRIES",
+    "crop_boxes",
+    "pad_crop_flip",
+    "prepare_whole_images",
+    "random_resized_crop_flip",
+    "resample_boxes",
+]
+
+CROP_TRIES = 10
+
+
+def crop_boxes(
+    u_scale: torch.Tensor,
+    u_ratio: torch.Tensor,
+    u_x: torch.Tensor,
+    u_y: torch.Tensor,
+    *,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+) -> torch.Tensor:
+    """Random-resized-crop boxes (B, 4) as (x0, y0, x1, y1) in input pixels.
+
+    ``u_scale`` and ``u_ratio`` are (B, tries) uniform draws, ``u_x`` and ``u_y`` (B,).
+    """
+    area = float(height * width)
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    scales = scale[0] + (scale[1] - scale[0]) * u_scale
+    ratios = torch.exp(log_lo + (log_hi - log_lo) * u_ratio)
+    widths = torch.sqrt(area * scales * ratios)
+    heights = torch.sqrt(area * scales / ratios)
+    fits = (widths <= width) & (heights <= height)
+    first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # first fitting try (0 if none)
+    found = fits.any(dim=1)
+    # Central-crop fallback: the whole image with its aspect ratio clamped into ``ratio``.
+    image_ratio = width / height
+    if image_ratio < ratio[0]:
+        fallback_w, fallback_h = float(width), width / ratio[0]
+    elif image_ratio > ratio[1]:
+        fallback_w, fallback_h = height * ratio[1], float(height)
+    else:
+        fallback_w, fallback_h = float(width), float(height)
+    box_w = torch.where(found, widths.gather(1, first).squeeze(1), fallback_w)
+    box_h = torch.where(found, heights.gather(1, first).squeeze(1), fallback_h)
+    pos_x = torch.where(found, u_x, 0.5)
+    pos_y = torch.where(found, u_y, 0.5)
+    x0 = pos_x * (width - box_w)
+    y0 = pos_y * (height - box_h)
+    return torch.stack((x0, y0, x0 + box_w, y0 + box_h), dim=1)
+
+
+def resample_boxes(
+    image: torch.Tensor,
+    boxes: torch.Tensor,
+    flip: torch.Tensor,
+    size: tuple[int, int],
+    mode: str = "bilinear",
+) -> torch.Tensor:
+    """Crop every box of ``boxes`` (B, 4), resize it to ``size`` and flip where ``flip``."""
+    b, _, h, w = image.shape
+    out_h, out_w = size
+    dtype = image.dtype
+    boxes = boxes.to(device=image.device, dtype=dtype)
+    flip = flip.to(image.device)
+    # Normalised coordinates (align_corners=False): -1 and 1 are the outer edges of the
+    # image, so the box [x0, x1] maps to centre (x0 + x1) / w - 1 and half-width (x1 - x0) / w.
+    centre_x = (boxes[:, 0] + boxes[:, 2]) / w - 1.0
+    centre_y = (boxes[:, 1] + boxes[:, 3]) / h - 1.0
+    half_x = (boxes[:, 2] - boxes[:, 0]) / w
+    half_y = (boxes[:, 3] - boxes[:, 1]) / h
+    half_x = torch.where(flip, -half_x, half_x)
+    base_x = _pixel_centres(out_w, image.device, dtype)
+    base_y = _pixel_centres(out_h, image.device, dtype)
+    grid_x = torch.addcmul(centre_x[:, None], half_x[:, None], base_x[None, :])
+    grid_y = torch.addcmul(centre_y[:, None], half_y[:, None], base_y[None, :])
+    shape = (b, out_h, out_w)
+    grid = torch.stack((grid_x[:, None, :].expand(shape), grid_y[:, :, None].expand(shape)), -1)
+    return F.grid_sample(image, grid, mode=mode, padding_mode="border", align_corners=False)
+
+
+def _pixel_centres(count: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The centres of ``count`` output pixels in [-1, 1] coordinates."""
+    return torch.arange(count, device=device, dtype=dtype).mul_(2.0 / count).add_(1.0 / count - 1.0)
+
+
+def random_resized_crop_flip(
+    images: torch.Tensor,
+    size: int,
+    scale: tuple[float, float],
+    generator: torch.Generator,
+    *,
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> torch.Tensor:
+    """Per-sample random resized crop of area ``scale`` to (size, size) plus a random h-flip,
+    drawn from ``generator`` (a CPU generator; the boxes move to the images' device)."""
+    n, _, h, w = images.shape
+    uniforms = torch.rand(n, 2 * CROP_TRIES + 3, generator=generator)
+    boxes = crop_boxes(
+        uniforms[:, :CROP_TRIES], uniforms[:, CROP_TRIES : 2 * CROP_TRIES],
+        uniforms[:, 2 * CROP_TRIES], uniforms[:, 2 * CROP_TRIES + 1],
+        height=h, width=w, scale=scale, ratio=ratio,
+    )  # fmt: skip
+    flip = uniforms[:, 2 * CROP_TRIES + 2] < 0.5
+    return resample_boxes(images, boxes, flip, (size, size))
+
+
+def pad_crop_flip(
+    images: torch.Tensor,
+    padding: int,
+    generator: torch.Generator,
+    *,
+    padding_mode: str = "constant",
+) -> torch.Tensor:
+    """Per-sample random crop of the padded image back to its size, and a random h-flip.
+
+    ``padding_mode`` is ``F.pad``'s: ``constant`` (zeros, as torchvision's ``RandomCrop``) or
+    ``replicate``. Draws come from ``generator`` (CPU) and move to the images' device.
+    """
+    n, _, h, w = images.shape
+    device = images.device
+    padded = F.pad(images, (padding,) * 4, mode=padding_mode)
+    shifts = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator).to(device)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(device)
+    rows = shifts[:, 0, None] + torch.arange(h, device=device)  # (n, h)
+    cols = torch.arange(w, device=device).expand(n, w)
+    cols = torch.where(flip[:, None], cols.flip(1), cols) + shifts[:, 1, None]  # (n, w)
+    batch = torch.arange(n, device=device)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # (n, h, w, C)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def prepare_whole_images(
+    images: torch.Tensor, size: int | tuple[int, int] | None, crop_fraction: float = 1.0
+) -> torch.Tensor:
+    """Float [0, 1] images as an encoder is shown them whole: the shorter side resized
+    (bilinear, antialiased) to ``size / crop_fraction`` and the centre ``size`` cropped.
+
+    ``size`` None keeps the images' own size (after the centre crop, if any). A square image at
+    ``crop_fraction`` 1 is simply resized to ``size`` x ``size``.
+    """
+    h, w = images.shape[-2:]
+    if size is None:
+        out_h, out_w = round(h * crop_fraction), round(w * crop_fraction)
+    else:
+        out_h, out_w = (size, size) if isinstance(size, int) else size
+    scale = max(out_h / h, out_w / w) / crop_fraction
+    new_h, new_w = max(out_h, round(h * scale)), max(out_w, round(w * scale))
+    if (new_h, new_w) != (h, w):
+        images = F.interpolate(
+            images, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True
+        )
+    if (new_h, new_w) != (out_h, out_w):
+        top, left = (new_h - out_h) // 2, (new_w - out_w) // 2
+        images = images[..., top : top + out_h, left : left + out_w]
+    return images
