@@ -12,33 +12,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .augment.crops import pad_crop_flip
 from .evaluate import topk_accuracy
 
 __all__ = ["random_init_encoder", "train_supervised"]
 
 
-def random_init_encoder(arch: str, *, small_images: bool, in_channels: int, seed: int = 0):
-    """An untrained encoder of ``arch``, initialised from ``seed``: the baseline BYOL must beat."""
+def random_init_encoder(
+    arch: str, *, small_images: bool, in_channels: int, seed: int = 0
+) -> nn.Module:
+    """An untrained encoder of ``arch``, initialised from ``seed``: the baseline BYOL must beat.
+
+    The caller's global random state is left as it was (``fork_rng``).
+    """
     from . import backbones
 
-    with torch.random.fork_rng():
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         encoder, _ = backbones.build(arch, small_images=small_images, in_channels=in_channels)
     return encoder
-
-
-def _pad_crop_flip(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
-    """Per-sample random translation by up to ``padding`` pixels and horizontal flip."""
-    batch, _, height, width = images.shape
-    padded = F.pad(images, (padding,) * 4, mode="replicate")
-    shifts = torch.randint(0, 2 * padding + 1, (batch, 2), generator=generator)
-    rows = shifts[:, 0, None] + torch.arange(height)[None, :]  # (B, H)
-    cols = shifts[:, 1, None] + torch.arange(width)[None, :]  # (B, W)
-    flip = torch.rand(batch, generator=generator) < 0.5
-    cols = torch.where(flip[:, None], cols.flip(1), cols)
-    index = torch.arange(batch)[:, None, None]
-    out = padded.permute(0, 2, 3, 1)[index, rows[:, :, None], cols[:, None, :]]
-    return out.permute(0, 3, 1, 2).contiguous()
 
 
 def train_supervised(
@@ -93,7 +85,9 @@ def train_supervised(
             for group in optimizer.param_groups:
                 group["lr"] = lr * (1.0 - elapsed)
             index = order[first : first + batch_size]
-            images = _pad_crop_flip(train_images[index].float(), padding, generator)
+            images = pad_crop_flip(
+                train_images[index].float(), padding, generator, padding_mode="replicate"
+            )
             loss = F.cross_entropy(model(prepare(images)), train_labels[index].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

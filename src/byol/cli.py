@@ -17,6 +17,7 @@ from .config import TrainConfig
 
 __all__ = ["add_config_arguments", "build_parser", "main"]
 
+
 def add_config_arguments(
     parser: argparse.ArgumentParser,
     config_class: type,

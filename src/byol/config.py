@@ -100,96 +100,167 @@ class TrainConfig:
     with ``_`` → ``-``, the command-line flags."""
 
     # data
-    data: str = key("fashion-mnist", "dataset name (fashion-mnist, cifar10, cifar100, stl10, "
-                    "digits) or a path to an image folder or .npy/.npz file", "data")
+    data: str = key(
+        "fashion-mnist",
+        "dataset name (fashion-mnist, cifar10, cifar100, stl10, "
+        "digits) or a path to an image folder or .npy/.npz file",
+        "data",
+    )
     data_root: str | None = key(None, "folder holding the dataset files", "data", resumable=True)
-    download: bool = key(False, "let torchvision download CIFAR/STL-10 into --data-root", "data",
-                         resumable=True)
-    folder_image_size: int = key(64, "side of the square images made from an image folder",
-                                 "data", low=4)
-    holdout: int = key(0, "hold this many training images out of pre-training as k-NN monitor "
-                       "queries (for tuning without touching the test split)", "data", low=0)
-    strict: bool = key(False, "fail on the first unreadable image file instead of skipping it "
-                       "with a warning", "data", resumable=True)
+    download: bool = key(
+        False, "let torchvision download CIFAR/STL-10 into --data-root", "data", resumable=True
+    )
+    folder_image_size: int = key(
+        64, "side of the square images made from an image folder", "data", low=4
+    )
+    holdout: int = key(
+        0,
+        "hold this many training images out of pre-training as k-NN monitor "
+        "queries (for tuning without touching the test split)",
+        "data",
+        low=0,
+    )
+    strict: bool = key(
+        False,
+        "fail on the first unreadable image file instead of skipping it with a warning",
+        "data",
+        resumable=True,
+    )
     # model
-    arch: str = key("convnet", "encoder architecture (see byol.backbones.ARCHITECTURES)",
-                    "model")
-    small_images: bool | None = key(None, "CIFAR-style ResNet stem (default: automatic for "
-                                    "images <= 64 px)", "model")
-    image_size: int | None = key(None, "side of the augmented training views (default: the "
-                                 "stored image size)", "model", low=4)
-    eval_image_size: int | None = key(None, "side the encoder sees when evaluated, monitored, "
-                                      "embedded or exported: whole images resized to it "
-                                      "(default: --image-size)", "model", low=4)
+    arch: str = key("convnet", "encoder architecture (see byol.backbones.ARCHITECTURES)", "model")
+    small_images: bool | None = key(
+        None, "CIFAR-style ResNet stem (default: automatic for images <= 64 px)", "model"
+    )
+    image_size: int | None = key(
+        None,
+        "side of the augmented training views (default: the stored image size)",
+        "model",
+        low=4,
+    )
+    eval_image_size: int | None = key(
+        None,
+        "side the encoder sees when evaluated, monitored, "
+        "embedded or exported: whole images resized to it "
+        "(default: --image-size)",
+        "model",
+        low=4,
+    )
     hidden_dim: int = key(4096, "hidden width of the projector and predictor", "model", low=1)
-    projection_dim: int = key(256, "output width of the projector and predictor", "model",
-                              low=1)
-    augment: str = key("auto", "augmentation preset (auto chooses by dataset and size)", "model",
-                       choices=("auto", "imagenet", "cifar", "fashion-mnist"))
-    crop_min_scale: float | None = key(None, "smallest area fraction of the random resized crop "
-                                       "(preset: 0.08)", "model", low=1e-3, high=1.0)
+    projection_dim: int = key(256, "output width of the projector and predictor", "model", low=1)
+    augment: str = key(
+        "auto",
+        "augmentation preset (auto chooses by dataset and size)",
+        "model",
+        choices=("auto", "imagenet", "cifar", "fashion-mnist"),
+    )
+    crop_min_scale: float | None = key(
+        None,
+        "smallest area fraction of the random resized crop (preset: 0.08)",
+        "model",
+        low=1e-3,
+        high=1.0,
+    )
     # optimisation
     epochs: float = key(100.0, "length of the schedules, in epochs", "optim", low=1e-9)
     batch_size: int = key(256, "global batch size per optimizer step", "optim", low=2)
     # Upper bounds far above any useful value keep the LARS update inside float32.
-    base_lr: float = key(0.2, "learning rate for batch 256; scaled linearly by batch_size/256",
-                         "optim", low=0.0, high=1e4)
-    weight_decay: float = key(1.5e-6, "weight decay (LARS-adapted, not on biases and norms)",
-                              "optim", low=0.0, high=1e4)
+    base_lr: float = key(
+        0.2,
+        "learning rate for batch 256; scaled linearly by batch_size/256",
+        "optim",
+        low=0.0,
+        high=1e4,
+    )
+    weight_decay: float = key(
+        1.5e-6, "weight decay (LARS-adapted, not on biases and norms)", "optim", low=0.0, high=1e4
+    )
     warmup_epochs: float = key(10.0, "linear learning-rate warm-up, in epochs", "optim", low=0.0)
     momentum: float = key(0.9, "LARS momentum", "optim", low=0.0, high=0.999999)
     trust_coefficient: float = key(1e-3, "LARS trust coefficient", "optim", low=1e-12)
-    target_decay: float = key(0.996, "tau_base of the target network's moving average", "optim",
-                              low=0.0, high=1.0)
-    accumulate: int = key(1, "micro-batches per optimizer step (gradient accumulation)", "optim",
-                          low=1)
-    max_steps: int | None = key(None, "stop after this optimizer step (schedules still span "
-                                "--epochs; resumable)", "optim", low=1, resumable=True)
-    time_limit: float | None = key(None, "stop (with a checkpoint) after this many minutes",
-                                   "optim", low=1e-9, resumable=True)
+    target_decay: float = key(
+        0.996, "tau_base of the target network's moving average", "optim", low=0.0, high=1.0
+    )
+    accumulate: int = key(
+        1, "micro-batches per optimizer step (gradient accumulation)", "optim", low=1
+    )
+    max_steps: int | None = key(
+        None,
+        "stop after this optimizer step (schedules still span --epochs; resumable)",
+        "optim",
+        low=1,
+        resumable=True,
+    )
+    time_limit: float | None = key(
+        None, "stop (with a checkpoint) after this many minutes", "optim", low=1e-9, resumable=True
+    )
     schedule_to_time_limit: bool = key(
-        False, "fit the learning-rate and tau schedules to --time-limit: the run's length is "
+        False,
+        "fit the learning-rate and tau schedules to --time-limit: the run's length is "
         "re-estimated from its measured speed as it trains, so the cosine ends when the time "
         "does (--epochs is the first estimate; the limit counts the time of resumed runs too)",
-        "optim")
+        "optim",
+    )
     # execution
     device: str = key("auto", "auto, cpu, cuda[:N] or mps", "runtime", resumable=True)
-    precision: str = key("auto", "fp32 | bf16 | fp16 (auto: fp32 on CPU, bf16 on GPU)",
-                         "runtime", choices=("auto", "fp32", "bf16", "fp16"))
+    precision: str = key(
+        "auto",
+        "fp32 | bf16 | fp16 (auto: fp32 on CPU, bf16 on GPU)",
+        "runtime",
+        choices=("auto", "fp32", "bf16", "fp16"),
+    )
     channels_last: bool = key(True, "channels-last memory format for the networks", "runtime")
     compile: bool = key(False, "torch.compile the training step", "runtime")
     # Kept so that configs of byol 0.1 still load: its two-thread step was removed in 0.2
     # (re-measured inside the noise; benchmarks/RESULTS.md).
-    parallel_views: bool = key(False, "no effect since byol 0.2 (the two-thread CPU step was "
-                               "removed: its gain was inside the noise)", "runtime",
-                               resumable=True)
-    num_workers: int = key(2, "DataLoader workers for streamed datasets", "runtime", low=0,
-                           resumable=True)
+    parallel_views: bool = key(
+        False,
+        "no effect since byol 0.2 (the two-thread CPU step was "
+        "removed: its gain was inside the noise)",
+        "runtime",
+        resumable=True,
+    )
+    num_workers: int = key(
+        2, "DataLoader workers for streamed datasets", "runtime", low=0, resumable=True
+    )
     seed: int = key(0, "seed of the initial weights, data order and augmentations", "runtime")
     deterministic: bool = key(False, "torch deterministic algorithms (slower)", "runtime")
     # outputs
-    out: str = key("runs/byol", "run folder (re-running into it resumes the run)", "outputs",
-                   resumable=True)
-    checkpoint_every: int = key(500, "write a checkpoint every N optimizer steps (and at the end)",
-                                "outputs", low=1, resumable=True)
-    keep_checkpoints: int = key(2, "numbered checkpoints kept besides last.pt", "outputs", low=1,
-                                resumable=True)
-    log_every: int = key(10, "write a metrics record every N optimizer steps", "outputs", low=1,
-                         resumable=True)
-    knn_every: int = key(1, "k-NN monitor every N epochs (0: off)", "outputs", low=0,
-                         resumable=True)
-    knn_bank_size: int = key(10000, "labelled training images in the k-NN monitor's bank",
-                             "outputs", low=1)
+    out: str = key(
+        "runs/byol", "run folder (re-running into it resumes the run)", "outputs", resumable=True
+    )
+    checkpoint_every: int = key(
+        500,
+        "write a checkpoint every N optimizer steps (and at the end)",
+        "outputs",
+        low=1,
+        resumable=True,
+    )
+    keep_checkpoints: int = key(
+        2, "numbered checkpoints kept besides last.pt", "outputs", low=1, resumable=True
+    )
+    log_every: int = key(
+        10, "write a metrics record every N optimizer steps", "outputs", low=1, resumable=True
+    )
+    knn_every: int = key(
+        1, "k-NN monitor every N epochs (0: off)", "outputs", low=0, resumable=True
+    )
+    knn_bank_size: int = key(
+        10000, "labelled training images in the k-NN monitor's bank", "outputs", low=1
+    )
     knn_k: int = key(200, "neighbours of the k-NN monitor", "outputs", low=1)
-    knn_temperature: float = key(0.1, "temperature of the k-NN monitor's vote", "outputs",
-                                 low=1e-9)
-    tensorboard: bool = key(True, "also write TensorBoard events to RUN/tb", "outputs",
-                            resumable=True)
-    skip_nonfinite: bool = key(False, "skip steps whose loss is NaN/inf instead of stopping "
-                               "(counted in metrics)", "outputs")
+    knn_temperature: float = key(0.1, "temperature of the k-NN monitor's vote", "outputs", low=1e-9)
+    tensorboard: bool = key(
+        True, "also write TensorBoard events to RUN/tb", "outputs", resumable=True
+    )
+    skip_nonfinite: bool = key(
+        False,
+        "skip steps whose loss is NaN/inf instead of stopping (counted in metrics)",
+        "outputs",
+    )
     preset: str | None = key(None, "start from a named preset", "outputs", choices=tuple(PRESETS))
-    config: str | None = key(None, "YAML file of config keys; flags override it", "outputs",
-                             resumable=True)
+    config: str | None = key(
+        None, "YAML file of config keys; flags override it", "outputs", resumable=True
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -210,7 +281,6 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
 }
 #: Keys that may change between a run and its resumption without changing its result.
 RESUMABLE_CHANGES = frozenset(k for k, v in _INFO.items() if v["resumable"])
-
 
 
 def _unknown_key(name: str, where: str, valid: Sequence[str]) -> ConfigError:

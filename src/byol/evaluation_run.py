@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from . import backbones
+from .baselines import random_init_encoder
 from .data import ImageData
 from .errors import ConfigError, DataError
 from .handover import (
@@ -40,10 +41,10 @@ from .handover import (
     encode_dataset,
     load_data_for,
     load_encoder,
-    pick_device,
     resolve_checkpoint,
     run_folder_of,
 )
+from .runtime import resolve_device
 
 __all__ = ["BASELINES", "KNN_KS", "PROTOCOLS", "eval_file_name", "results_table", "run_evaluation"]
 
@@ -69,17 +70,6 @@ def _labelled(dataset: ImageData, name: str, split: str) -> ImageData:
     if len(dataset) == 0:
         raise DataError(f"dataset {name!r} split {split!r} has no labelled images")
     return dataset
-
-
-def _random_init_encoder(info: EncoderInfo, seed: int, device: torch.device) -> nn.Module:
-    # fork_rng: the baseline's initialisation is fixed by `seed` without touching the caller's
-    # global random state.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        encoder, _ = backbones.build(
-            info.arch, small_images=info.small_images, in_channels=info.in_channels
-        )
-    return encoder.to(device).eval()
 
 
 def _features_of(
@@ -187,7 +177,7 @@ def run_evaluation(
         raise ConfigError(f"--epochs must be >= 1, got {epochs}")
     baselines = list(dict.fromkeys(baselines))
     started = time.perf_counter()
-    run_device = pick_device(device)
+    run_device = resolve_device(device)
     checkpoint = resolve_checkpoint(checkpoint)
     encoder, info = load_encoder(checkpoint, device=run_device)
     name = data if data is not None else info.data
@@ -211,7 +201,19 @@ def run_evaluation(
 
     encoders: list[tuple[str, nn.Module | None]] = [("byol", encoder)]
     if "random-init" in baselines:
-        encoders.append(("random-init", _random_init_encoder(info, seed, run_device)))
+        encoders.append(
+            (
+                "random-init",
+                random_init_encoder(
+                    info.arch,
+                    small_images=info.small_images,
+                    in_channels=info.in_channels,
+                    seed=seed,
+                )
+                .to(run_device)
+                .eval(),
+            )
+        )
     if "pixels" in baselines:
         encoders.append(("pixels", None))
 

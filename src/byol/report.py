@@ -27,11 +27,10 @@ import torch
 import yaml
 
 from .errors import ByolError, ConfigError, DataError
+from .model import COLLAPSE_WARNING
 
 __all__ = ["ReportResult", "make_report", "read_metrics"]
 
-# The collapse warning threshold of training (byol.train.COLLAPSE_WARNING) and healthy level.
-_COLLAPSE_WARNING = 0.05
 _DPI = 110
 
 
@@ -156,8 +155,8 @@ def plot_monitors(steps: list[dict], knn: list[dict], path: Path) -> Path:
     x, y = _column(steps, "collapse_std")
     _plot_series(right, x, y, color="tab:red")
     right.axhline(1.0, color="grey", linestyle="--", linewidth=0.8, label="healthy (~1)")
-    right.axhline(_COLLAPSE_WARNING, color="black", linestyle=":", linewidth=0.8,
-                  label=f"collapse warning ({_COLLAPSE_WARNING})")  # fmt: skip
+    right.axhline(COLLAPSE_WARNING, color="black", linestyle=":", linewidth=0.8,
+                  label=f"collapse warning ({COLLAPSE_WARNING})")  # fmt: skip
     right.set_ylim(0, max(1.2, float(y.max()) * 1.1 if len(y) else 1.2))
     right.set_title("Collapse metric: std of normalised projections × √d")
     right.set_xlabel("optimizer step")
@@ -447,10 +446,11 @@ def _embedding_sections(
     bank_size: int, queries: int, neighbours: int, seed: int,
 ) -> list[str]:  # fmt: skip
     """t-SNE map and retrieval grid; a note instead when the checkpoint or data is missing."""
-    from .handover import encode_dataset, load_data_for, load_encoder, pick_device
+    from .handover import encode_dataset, load_data_for, load_encoder
+    from .runtime import resolve_device
 
     sections = ["## What the features learned", ""]
-    run_device = pick_device(device)
+    run_device = resolve_device(device)
     try:
         encoder, info = load_encoder(run_dir / "checkpoints" / "last.pt", device=run_device)
         train_set = load_data_for(info, data_root=data_root, split="train")

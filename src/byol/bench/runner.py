@@ -245,7 +245,6 @@ class TrainStepRunner:
         return profiler.key_averages().table(sort_by=sort_by, row_limit=row_limit)
 
 
-
 # ---------------------------------------------------------------------------- the benchmark
 
 

@@ -14,7 +14,8 @@ def format_table(result: dict[str, Any]) -> str:
     where = machine.get("gpu") or f"{machine['cpu']}, {machine['threads']} threads"
     rows: list[tuple[str, str]] = [
         ("setup", f"{config['arch']} {config['image_size']} px, batch {config['batch_size']}, "
-                  f"{result.get('precision', config['precision'])}, compile {'on' if config['compile'] else 'off'}, "
+                  f"{result.get('precision', config['precision'])}, "
+                  f"compile {'on' if config['compile'] else 'off'}, "
                   f"channels_last {'on' if config['channels_last'] else 'off'}"),
         ("device", f"{machine['device']} ({where}), torch {machine['torch']}"),
         ("throughput", f"{result['images_per_s']:.1f} images/s (median of "

@@ -34,6 +34,7 @@ __all__ = [
 # Images per call of extract_features when a streamed image folder is decoded in pieces.
 STREAM_CHUNK = 4096
 
+
 @dataclass(frozen=True)
 class EncoderInfo:
     """What is needed to rebuild an encoder and feed it images."""
@@ -188,5 +189,3 @@ def encode_dataset(
         for images in dataset.batches(pieces, num_workers=0)
     ]
     return torch.cat(chunks)
-
-
