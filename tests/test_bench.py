@@ -9,14 +9,14 @@ import os
 import platform
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from byol import bench
-from byol.bench import BenchConfig, TrainStepRunner, step_flops_per_image
+from byol.bench import BenchConfig, TrainStepRunner, ceiling, step_flops_per_image
+from byol.bench.ablations import loop_lars
 from byol.cli import main
 from byol.errors import ConfigError
 from byol.model import BYOL
@@ -28,9 +28,9 @@ TINY = ["--arch", "convnet", "--image-size", "16", "--batch-size", "8", "--hidde
 
 @pytest.fixture
 def small_ceiling(monkeypatch):
-    monkeypatch.setattr(bench, "CPU_MATMUL_SIZE", 64)
-    monkeypatch.setattr(bench, "CPU_CONV_SHAPE", (2, 8, 8))
-    monkeypatch.setattr(bench, "CEILING_SECONDS", 0.005)
+    monkeypatch.setattr(ceiling, "CPU_MATMUL_SIZE", 64)
+    monkeypatch.setattr(ceiling, "CPU_CONV_SHAPE", (2, 8, 8))
+    monkeypatch.setattr(ceiling, "CEILING_SECONDS", 0.005)
 
 
 def tiny_config(**changes) -> BenchConfig:
@@ -162,7 +162,7 @@ def test_loop_lars_step_equals_lars_step():
     twin.load_state_dict(net.state_dict())
     options = dict(lr=0.5, momentum=0.9, trust_coefficient=1e-3)
     fused = LARS(param_groups(net, 1e-4), **options)
-    looped = bench._loop_lars(param_groups(twin, 1e-4), **options)
+    looped = loop_lars(param_groups(twin, 1e-4), **options)
     x = torch.randn(8, 5)
     for _ in range(3):
         for model, optimizer in ((net, fused), (twin, looped)):
@@ -179,31 +179,9 @@ def _glibc() -> bool:
 
 @pytest.mark.parametrize(("setting", "expected"), [("1", True), ("0", False)])
 def test_keep_freed_memory_is_on_by_default_and_can_be_turned_off(setting, expected):
-    code = "from byol.train import keep_freed_memory as k; print(k(), k())"
+    code = "from byol.runtime import keep_freed_memory as k; print(k(), k())"
     env = {**os.environ, "BYOL_KEEP_FREED_MEMORY": setting}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                           text=True, check=True)  # fmt: skip
     on = expected and _glibc()
     assert done.stdout.split() == [str(on), str(on)]
-
-
-def test_conv_algorithms_compute_what_onednn_computes():
-    """benchmarks/conv_algorithms.py times each alternative only after checking it against
-    oneDNN; run that check on small convolutions of both strides (and the first layer)."""
-    saved_path = list(sys.path)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    try:
-        import conv_algorithms
-    finally:
-        sys.path[:] = saved_path
-    for stride, first in ((1, False), (2, False), (1, True)):
-        conv = nn.Conv2d(3 if first else 8, 16, 3, stride=stride, padding=1, bias=False)
-        shape = (16, conv.in_channels, 8, 8)
-        result = conv_algorithms.time_shape(shape, conv, first=first, repeats=1)
-        assert result["errors"], "no alternative was checked"
-        assert max(result["errors"].values()) < 1e-4
-        assert result["times"]["oneDNN"]["forward"] > 0
-        assert (result["times"]["oneDNN"]["input"] is None) == first
-        assert (result["times"]["NNPACK"]["forward"] is None) == (
-            stride != 1 or not torch._nnpack_available()
-        )

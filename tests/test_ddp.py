@@ -20,12 +20,11 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from byol import load_checkpoint
 from byol.checkpoint import CheckpointManager
 from byol.config import resolve
-from byol.ddp import _without_nproc, launch_local
+from byol.ddp import launch_local, without_nproc
 from byol.errors import ConfigError
 from byol.syncbn import CPUSyncBatchNorm, convert_sync_batchnorm
 from byol.train import Trainer
@@ -83,13 +82,13 @@ def fixed_views(images: torch.Tensor, generator: torch.Generator | None = None):
 class TracedTrainer(Trainer):
     """A Trainer with fixed views that records the model's full state after every step."""
 
-    def _build(self, data) -> None:
-        super()._build(data)
+    def build(self, data) -> None:
+        super().build(data)
         self.augment = fixed_views
         self.trace: list[dict[str, torch.Tensor]] = []
 
-    def _step(self, images, step):
-        result = super()._step(images, step)
+    def step(self, images, step, mark=None):
+        result = super().step(images, step, mark)
         self.trace.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
         return result
 
@@ -213,7 +212,8 @@ def worker_trainer(out: Path) -> None:
     trainer = TracedTrainer(trainer_config(out / "images.npy", out / "run"), show_progress=False)
     result = trainer.fit()
     rank = trainer.dist.rank
-    batchnorms = [m for m in trainer.model.modules() if isinstance(m, _BatchNorm)]
+    norm_types = nn.BatchNorm1d | nn.BatchNorm2d | nn.SyncBatchNorm
+    batchnorms = [m for m in trainer.model.modules() if isinstance(m, norm_types)]
     torch.save(trainer.trace, out / f"trace-{rank}.pt")
     (out / f"trainer-{rank}.json").write_text(json.dumps({
         "saves": saves, "step": result.step, "world_size": trainer.dist.world_size,
@@ -416,7 +416,7 @@ def test_a_rank_that_stops_answering_fails_the_job_after_the_timeout(tmp_path):
 
 def test_nproc_flag_is_removed_from_the_forwarded_arguments():
     argv = ["train", "--nproc", "2", "--data", "digits", "--nproc=3", "--out", "x"]
-    assert _without_nproc(argv) == ["train", "--data", "digits", "--out", "x"]
+    assert without_nproc(argv) == ["train", "--data", "digits", "--out", "x"]
 
 
 def test_environment_errors_name_the_variable(monkeypatch):

@@ -10,13 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from byol import evaluate
+from byol.augment.crops import pad_crop_flip, random_resized_crop_flip
 from byol.errors import ConfigError, DataError
 from byol.evaluate import (
+    PAPER_LEARNING_RATES,
     extract_features,
     format_results_table,
     knn_accuracy,
     knn_predict,
+    linear,
     linear_probe,
     linear_probe_augmented,
     pixel_features,
@@ -145,8 +147,8 @@ def test_linear_probe_separable_blobs_near_perfect():
     result = linear_probe(train_x, train_y, test_x, test_y, epochs=30, batch_size=128)
     assert result["top1"] > 0.98
     assert result["top5"] >= result["top1"]
-    assert result["learning_rate"] in evaluate.PAPER_LEARNING_RATES
-    assert set(result["val_top1_by_lr"]) == set(evaluate.PAPER_LEARNING_RATES)
+    assert result["learning_rate"] in PAPER_LEARNING_RATES
+    assert set(result["val_top1_by_lr"]) == set(PAPER_LEARNING_RATES)
     assert max(result["val_top1_by_lr"].values()) > 0.98
     # Stratified 10 % hold-out: a tenth of each class, rounded.
     per_class = torch.bincount(train_y).tolist()
@@ -207,7 +209,7 @@ def test_test_split_never_used_for_learning_rate_selection(monkeypatch):
 
     # 1. Test tensors touched while the rate is being chosen would be recorded.
     _TestTrap.touched_during_selection = _TestTrap.touched_otherwise = False
-    real_fit_and_select = evaluate._fit_and_select
+    real_fit_and_select = linear.fit_and_select
 
     def spy(*args, **kw):
         _TestTrap.selecting = True
@@ -216,7 +218,7 @@ def test_test_split_never_used_for_learning_rate_selection(monkeypatch):
         finally:
             _TestTrap.selecting = False
 
-    monkeypatch.setattr(evaluate, "_fit_and_select", spy)
+    monkeypatch.setattr(linear, "fit_and_select", spy)
     trapped = linear_probe(
         train_x, train_y, test_x.as_subclass(_TestTrap), test_y.as_subclass(_TestTrap), **kwargs
     )
@@ -384,9 +386,9 @@ def test_crops_without_room_to_move_are_identity_or_flip():
     images = torch.rand(16, 3, 6, 6)
     generator = torch.Generator().manual_seed(0)
     for out in (
-        evaluate._pad_crop_flip(images, 0, generator),
+        pad_crop_flip(images, 0, generator),
         # Area 1 with a non-square ratio never fits: the fallback is the whole image.
-        evaluate._resized_crop_flip(images, 6, (1.0, 1.0), generator),
+        random_resized_crop_flip(images, 6, (1.0, 1.0), generator),
     ):
         assert out.shape == images.shape
         same = (out - images).abs().flatten(1).amax(1) < 1e-5
@@ -398,11 +400,11 @@ def test_crops_without_room_to_move_are_identity_or_flip():
 def test_pad_crop_shifts_content_and_resized_crop_outputs_size():
     images = torch.rand(32, 3, 8, 8)
     generator = torch.Generator().manual_seed(1)
-    shifted = evaluate._pad_crop_flip(images, 2, generator)
+    shifted = pad_crop_flip(images, 2, generator)
     assert shifted.shape == images.shape
     # Some crops moved the image, uncovering zero padding.
     assert int((shifted.flatten(1) == 0).any(1).sum()) > 0
-    cropped = evaluate._resized_crop_flip(images, 5, (0.08, 1.0), generator)
+    cropped = random_resized_crop_flip(images, 5, (0.08, 1.0), generator)
     assert cropped.shape == (32, 3, 5, 5)
     assert float(cropped.min()) >= 0 and float(cropped.max()) <= 1
 
@@ -438,7 +440,7 @@ def test_linear_probe_augmented_on_colour_classes():
         )
         assert result["top1"] > 0.95, result
         assert result["top5"] is None  # 3 classes
-        assert result["learning_rate"] in evaluate.PAPER_LEARNING_RATES
+        assert result["learning_rate"] in PAPER_LEARNING_RATES
         assert result["n_val"] == 6 and result["n_test"] == 30 and result["crop"] == crop
         assert len(result["val_top1_by_lr"]) == 5
         assert encoder.training

@@ -296,7 +296,7 @@ def test_temporaries_of_killed_writers_are_removed(tmp_path):
 
 def _poison(monkeypatch, kind: str, at_step: int) -> None:
     """Make the loss of step ``at_step`` (0-based) NaN, or its update leave an inf weight."""
-    original = Trainer._step
+    original = Trainer.step
 
     def step(self, images, step, *args, **kwargs):
         if kind == "loss" and step == at_step:
@@ -317,7 +317,7 @@ def _poison(monkeypatch, kind: str, at_step: int) -> None:
                 next(self.model.online_encoder.parameters()).view(-1)[0] = float("inf")
         return result
 
-    monkeypatch.setattr(Trainer, "_step", step)
+    monkeypatch.setattr(Trainer, "step", step)
 
 
 @pytest.mark.parametrize("kind", ["loss", "weights"])
@@ -406,7 +406,7 @@ def test_messy_folder_trains_on_the_good_images_with_one_warning(tmp_path):
     # with the 16-pixel crop larger than the 12-pixel stored images.
     checkpoint = load_checkpoint(out / "checkpoints" / "last.pt")
     assert checkpoint["step"] == checkpoint["total_steps"] == 2
-    assert checkpoint["data"]["channels"] == 3 and checkpoint["data"]["image_size"] == 16
+    assert checkpoint["plan"]["channels"] == 3 and checkpoint["plan"]["image_size"] == 16
     assert all_finite(checkpoint["model"])
     with warnings.catch_warnings(record=True):
         assert len(load_dataset(str(tmp_path / "images"), image_size=12)) == 10
@@ -458,7 +458,7 @@ def test_blank_images_train(tmp_path):
     assert code == 0, err
     checkpoint = load_checkpoint(out / "checkpoints" / "last.pt")
     assert checkpoint["step"] == 2 and all_finite(checkpoint["model"])
-    assert checkpoint["data"]["mean"] == [1.0] and checkpoint["data"]["std"] == [1 / 255]
+    assert checkpoint["plan"]["mean"] == [1.0] and checkpoint["plan"]["std"] == [1 / 255]
 
 
 @pytest.mark.parametrize(
@@ -509,7 +509,7 @@ def test_garbage_numpy_file_is_a_data_error(tmp_path):
         (["--folder-image-size", "0"], "folder_image_size must lie in [4, inf), got 0"),
         (["--accumulate", "3"], "batch_size (64) must be divisible by accumulate (3)"),
         (["--device", "tpu"], "device must be auto, cpu, cuda[:N] or mps; got 'tpu'"),
-        (["--preset", "imagenet-5"], "preset must be one of imagenet-40, imagenet-100"),
+        (["--preset", "imagenet-5"], "argument --preset: invalid choice: 'imagenet-5' (choose"),
         (["--augment", "sepia"], "argument --augment: invalid choice: 'sepia' (choose from"),
         (["--holdout", "5000"], "holdout (5000) must be smaller than the dataset (1437)"),
         (["--tensorboard", "false"], "unrecognized arguments: false"),

@@ -150,11 +150,11 @@ def test_views_smaller_than_the_evaluation_size(tmp_path):
     trainer = Trainer(config, show_progress=False)
     result = trainer.fit()
     assert result.step == 3
-    assert trainer.augment.size == (6, 6) and trainer.image_size == 12
+    assert trainer.augment.size == (6, 6) and trainer.plan.image_size == 12
     generator = torch.Generator().manual_seed(0)
     view1, view2 = trainer.augment(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), generator=generator)
     assert view1.shape[-2:] == view2.shape[-2:] == (6, 6)
-    data = load_checkpoint(tmp_path / "small-views" / "checkpoints" / "last.pt")["data"]
+    data = load_checkpoint(tmp_path / "small-views" / "checkpoints" / "last.pt")["plan"]
     assert data["image_size"] == 12 and data["view_size"] == 6
     encoder, info = load_encoder(tmp_path / "small-views")
     assert info.image_size == 12
@@ -163,7 +163,7 @@ def test_views_smaller_than_the_evaluation_size(tmp_path):
 
 def test_eval_image_size_defaults_to_the_view_size(tmp_path):
     run(tmp_path, "same", image_size=6, max_steps=1)
-    data = load_checkpoint(tmp_path / "same" / "checkpoints" / "last.pt")["data"]
+    data = load_checkpoint(tmp_path / "same" / "checkpoints" / "last.pt")["plan"]
     assert data["image_size"] == data["view_size"] == 6
 
 

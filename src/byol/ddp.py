@@ -42,7 +42,7 @@ from .errors import ConfigError
 from .runtime import resolve_device
 from .syncbn import convert_sync_batchnorm
 
-__all__ = ["DEFAULT_TIMEOUT_MINUTES", "Distributed", "launch_local"]
+__all__ = ["DEFAULT_TIMEOUT_MINUTES", "Distributed", "launch_local", "without_nproc"]
 
 DEFAULT_TIMEOUT_MINUTES = 30.0
 TIMEOUT_VARIABLE = "BYOL_DIST_TIMEOUT"
@@ -246,7 +246,7 @@ class Distributed:
 
 
 # ---------------------------------------------------------------------- launching
-def _without_nproc(argv: Sequence[str]) -> list[str]:
+def without_nproc(argv: Sequence[str]) -> list[str]:
     kept: list[str] = []
     skip_value = False
     for argument in argv:
@@ -277,7 +277,7 @@ def launch_local(nproc: int, argv: Sequence[str]) -> int:
     if nproc < 1:
         raise ConfigError(f"--nproc must be at least 1, got {nproc}")
     arguments = torchrun.parse_args(
-        ["--standalone", f"--nproc-per-node={nproc}", "-m", "byol", *_without_nproc(argv)]
+        ["--standalone", f"--nproc-per-node={nproc}", "-m", "byol", *without_nproc(argv)]
     )
     try:
         torchrun.run(arguments)
