@@ -58,7 +58,7 @@ from torch import nn
 
 from byol import backbones
 from byol.bench import BenchConfig, TrainStepRunner, device_info
-from byol.train import set_malloc_thresholds
+from byol.runtime import set_malloc_thresholds
 from results_file import RESULTS, write_section
 
 
@@ -277,7 +277,7 @@ def _wait_until_children_idle(limit: float = 30.0, quiet: float = 0.2) -> None:
 def _set_malloc(keep_freed_memory: bool) -> None:
     """Switch glibc's malloc between our setting and its own steady state, per runner.
 
-    ``byol train`` raises the mmap and trim thresholds to 1 GiB (byol.train.keep_freed_memory),
+    ``byol train`` raises the mmap and trim thresholds to 1 GiB (byol.runtime.keep_freed_memory),
     a process-wide setting that the peers, as shipped, do not make. For a peer's windows this
     puts back what glibc's adaptive thresholds converge to (mmap threshold at its 32 MiB
     maximum, trim threshold twice that), the most favourable default state for the peer.
@@ -466,11 +466,11 @@ def format_results(
             lines += _analysis(r, best)
     malloc = {
         "default": "the peers' windows ran with glibc's own steady-state malloc thresholds (as "
-        "they ship; ours raises them, see `byol.train.keep_freed_memory`)",
+        "they ship; ours raises them, see `byol.runtime.keep_freed_memory`)",
         "kept": "all three ran with our malloc setting (`--peers-malloc kept`: the peers get "
         "our freed-memory reuse too)",
         "both": "the table's peer columns ran with glibc's own steady-state malloc thresholds "
-        "(as they ship; ours raises them, see `byol.train.keep_freed_memory`); extra windows "
+        "(as they ship; ours raises them, see `byol.runtime.keep_freed_memory`); extra windows "
         "gave the peers our setting too, for the ratios below",
     }[first["peers_malloc"]]
     lines += ["", f"Malloc: {malloc}."]

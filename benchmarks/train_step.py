@@ -5,7 +5,7 @@ batch 64, both 32 px, fp32) it builds one :class:`byol.bench.TrainStepRunner` pe
 
 * ``default``: what ``byol train`` does (channels_last, the loss's two halves on two threads,
   fused foreach EMA and LARS, no host sync in the step, no compile);
-* ``no channels_last``, ``no parallel views``, ``loop EMA``, ``loop LARS``,
+* ``no channels_last``, ``loop EMA``, ``loop LARS``,
   ``sync every step``: one optimisation undone each;
 * ``compile``: ``torch.compile`` of the model (``--compile`` in ``byol train``);
 
@@ -49,7 +49,6 @@ from results_file import RESULTS, write_section
 VARIANTS: dict[str, dict] = {
     "default": {},
     "no channels_last": {"channels_last": False},
-    "no parallel views": {"parallel_views": False},
     "loop EMA": {"ema": "loop"},
     "loop LARS": {"lars": "loop"},
     "sync every step": {"sync_every_step": True},
@@ -174,7 +173,7 @@ def format_section(results: list[dict], ceiling: dict, command: str, load: str) 
         "",
         "Single rows can be reproduced with `byol bench`, e.g. `byol bench --arch convnet "
         "--image-size 32 --batch-size 256 --precision fp32` (add `--no-channels-last`, "
-        "`--no-parallel-views`, `--ema loop`, `--lars loop`, `--sync-every-step` or "
+        "`--ema loop`, `--lars loop`, `--sync-every-step` or "
         "`--compile` for the variants).",
         "",
         "Machine ceiling (best of 5 windows of 0.3 s, measured before and after the runs): "
@@ -195,9 +194,7 @@ def format_section(results: list[dict], ceiling: dict, command: str, load: str) 
             "of the best measured rate**.",
             "",
             "Stage times (ms) come from the instrumented pass; CPU time (user + system, both "
-            "threads) and page faults per step from getrusage over the timed windows. With "
-            "parallel views (every variant but `no parallel views` and `compile`) forward and "
-            "backward interleave on two threads, so the forward column holds both.",
+            "threads) and page faults per step from getrusage over the timed windows.",
             "",
             "| variant | images/s (median) | vs default | "
             + " | ".join(f"{s} ms" for s in STAGES)
@@ -219,7 +216,7 @@ def format_section(results: list[dict], ceiling: dict, command: str, load: str) 
         malloc = r.get("malloc")
         if malloc:
             lines += [
-                "Freed-memory reuse (`byol.train.keep_freed_memory`, process-wide, so measured "
+                "Freed-memory reuse (`byol.runtime.keep_freed_memory`, process-wide, so measured "
                 "in alternating `byol bench` subprocesses):",
                 "",
                 "```",
@@ -296,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         variants = args.variants or (
             list(VARIANTS)
             if arch == "convnet"
-            else ["default", "no channels_last", "no parallel views", "compile"]
+            else ["default", "no channels_last", "compile"]
         )
         results.append(measure_arch(base, variants, args.rounds, args.profile_steps))
         if args.malloc_rounds:
