@@ -212,7 +212,7 @@ def worker_trainer(out: Path) -> None:
     trainer = TracedTrainer(trainer_config(out / "images.npy", out / "run"), show_progress=False)
     result = trainer.fit()
     rank = trainer.dist.rank
-    norm_types = nn.BatchNorm1d | nn.BatchNorm2d | nn.SyncBatchNorm
+    norm_types = nn.BatchNorm1d | nn.BatchNorm2d | nn.SyncBatchNorm | CPUSyncBatchNorm
     batchnorms = [m for m in trainer.model.modules() if isinstance(m, norm_types)]
     torch.save(trainer.trace, out / f"trace-{rank}.pt")
     (out / f"trainer-{rank}.json").write_text(json.dumps({
