@@ -1,4 +1,4 @@
-"""The BYOL maths against shared/reference/byol-method.md: loss, stop-gradient, EMA, BN per view."""
+"""The BYOL maths against the paper (docs/method.md): loss, stop-gradient, EMA, BN per view."""
 
 import copy
 import math

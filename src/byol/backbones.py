@@ -13,7 +13,7 @@ from torch import nn
 
 from .errors import ConfigError
 
-__all__ = ["ARCHITECTURES", "ConvNet", "build", "default_small_images"]
+__all__ = ["ARCHITECTURES", "ConvNet", "adapt_resnet", "build", "default_small_images"]
 
 _TORCHVISION_RESNETS = (
     "resnet18",
@@ -62,15 +62,22 @@ def _resnet(name: str, small_images: bool, in_channels: int) -> tuple[nn.Module,
 
     model = getattr(torchvision.models, name)(weights=None)
     feature_dim = model.fc.in_features
+    adapt_resnet(model, small_images=small_images, in_channels=in_channels)
+    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    return model, feature_dim
+
+
+def adapt_resnet(model: nn.Module, *, small_images: bool, in_channels: int) -> nn.Module:
+    """A torchvision ResNet as byol's encoder: ``fc`` replaced by ``nn.Identity`` and the stem
+    changed for small images (the CIFAR stem of every small-image reproduction: 3x3 stride 1,
+    no max-pool) or for ``in_channels`` other than 3. Changes ``model`` in place."""
     model.fc = nn.Identity()
     if small_images:
-        # The CIFAR stem of every small-image reproduction: 3×3 stride 1, no max-pool.
         model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
         model.maxpool = nn.Identity()
     elif in_channels != 3:
         model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
-    return model, feature_dim
+    return model
 
 
 def _convnet(

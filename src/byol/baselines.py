@@ -14,6 +14,7 @@ from torch import nn
 
 from .augment.crops import pad_crop_flip
 from .evaluate import topk_accuracy
+from .evaluate.checks import channel_stats
 
 __all__ = ["random_init_encoder", "train_supervised"]
 
@@ -63,9 +64,7 @@ def train_supervised(
     optimizer = torch.optim.SGD(
         model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay
     )
-    channels = train_images.shape[1]
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, channels, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(1, channels, 1, 1)
+    mean_t, std_t = channel_stats(mean, std, train_images.shape[1], torch.device("cpu"))
 
     def prepare(images: torch.Tensor) -> torch.Tensor:
         return ((images.float() / 255.0 - mean_t) / std_t).to(device)
@@ -95,14 +94,16 @@ def train_supervised(
             steps += 1
             epochs += batch_size / n
     used = time.perf_counter() - start
+    return {**_test_scores(model, prepare, test_images, test_labels, num_classes),
+            "epochs": epochs, "steps": steps, "seconds": used}  # fmt: skip
+
+
+@torch.no_grad()
+def _test_scores(model, prepare, images: torch.Tensor, labels: torch.Tensor, num_classes: int):
     model.eval()
-    with torch.no_grad():
-        scores = torch.cat([model(prepare(test_images[i : i + 1024])).cpu()
-                            for i in range(0, len(test_images), 1024)])  # fmt: skip
+    scores = torch.cat([model(prepare(images[i : i + 1024])).cpu()
+                        for i in range(0, len(images), 1024)])  # fmt: skip
     return {
-        "top1": topk_accuracy(scores, test_labels, 1),
-        "top5": topk_accuracy(scores, test_labels, 5) if num_classes >= 5 else None,
-        "epochs": epochs,
-        "steps": steps,
-        "seconds": used,
+        "top1": topk_accuracy(scores, labels, 1),
+        "top5": topk_accuracy(scores, labels, 5) if num_classes >= 5 else None,
     }

@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Handler of ``byol bench``: run it, print a table (progress on stderr) or JSON."""
     from .bench import BenchConfig, format_table, run_bench
-    from .config import key_info
+    from .config_keys import key_info
 
     config = BenchConfig.from_options({name: getattr(args, name) for name in key_info(BenchConfig)})
     log = None if args.json else (lambda message: print(f"byol bench: {message}", file=sys.stderr))

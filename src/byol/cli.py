@@ -31,7 +31,7 @@ def add_config_arguments(
     Booleans get ``--flag/--no-flag``. Without ``with_defaults`` every flag defaults to None,
     so only the flags given on the command line override the config.
     """
-    from .config import key_info
+    from .config_keys import key_info
 
     groups: dict[str, Any] = {}
     for name, info in key_info(config_class).items():

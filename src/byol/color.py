@@ -3,7 +3,7 @@
 Every function takes a float batch ``x`` of shape ``(N, C, H, W)`` with values in [0, 1] and,
 where it has a parameter, one value per sample (a tensor of shape ``(N,)``, or a Python number
 used for every sample). Results are clipped to [0, 1], as the paper clips after each colour op.
-The formulas are those of ``shared/reference/byol-method.md`` (Table 6 of the paper):
+The formulas are those of Table 6 of the paper and its official code (docs/method.md):
 
 * brightness: additive shift, ``x + shift``;
 * contrast: ``mean_c + factor * (x - mean_c)`` around each channel's spatial mean;

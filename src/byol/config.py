@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
-import types
-import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +22,12 @@ from typing import Any
 
 import yaml
 
+from .config_keys import check_values, coerce, key, key_info
 from .errors import ConfigError
+from .presets import PRESETS
 
 __all__ = [
     "CHOICES",
-    "GROUPS",
     "PRESETS",
     "RANGES",
     "RESUMABLE_CHANGES",
@@ -41,57 +39,6 @@ __all__ = [
     "load_config",
     "resolve",
 ]
-
-#: The groups of keys, in the order ``byol train --help`` shows them.
-GROUPS = ("data", "model", "optim", "runtime", "outputs")
-
-
-def key(
-    default: Any,
-    help: str,
-    group: str,
-    *,
-    choices: Sequence[str] | None = None,
-    low: float | None = None,
-    high: float | None = None,
-    resumable: bool = False,
-    flag: str | None = None,
-) -> Any:
-    """A config field with its description: help text, group, choices or inclusive range
-    [``low``, ``high``], whether it may change on resume, and its flag (default:
-    ``--name-with-dashes``)."""
-    metadata = {"help": help, "group": group, "choices": tuple(choices) if choices else None,
-                "range": (low, high) if low is not None or high is not None else None,
-                "resumable": resumable, "flag": flag}  # fmt: skip
-    if isinstance(default, list | dict | set):
-        raise TypeError("config defaults must be immutable")
-    return dataclasses.field(default=default, metadata=metadata)
-
-
-# Presets mirror the reference (ImageNet by length; lr is the base for batch 256) and the
-# project's own tuned small-image recipes (see docs/presets.md for how they were chosen).
-PRESETS: dict[str, dict[str, Any]] = {
-    "imagenet-40": {"arch": "resnet50", "epochs": 40, "batch_size": 4096, "base_lr": 0.45,
-                    "weight_decay": 1e-6, "target_decay": 0.97, "augment": "imagenet",
-                    "image_size": 224, "warmup_epochs": 10},
-    "imagenet-100": {"arch": "resnet50", "epochs": 100, "batch_size": 4096, "base_lr": 0.45,
-                     "weight_decay": 1e-6, "target_decay": 0.99, "augment": "imagenet",
-                     "image_size": 224, "warmup_epochs": 10},
-    "imagenet-300": {"arch": "resnet50", "epochs": 300, "batch_size": 4096, "base_lr": 0.3,
-                     "weight_decay": 1e-6, "target_decay": 0.99, "augment": "imagenet",
-                     "image_size": 224, "warmup_epochs": 10},
-    "imagenet-1000": {"arch": "resnet50", "epochs": 1000, "batch_size": 4096, "base_lr": 0.2,
-                      "weight_decay": 1.5e-6, "target_decay": 0.996, "augment": "imagenet",
-                      "image_size": 224, "warmup_epochs": 10},
-    # CIFAR reproductions: ResNet-18 with the small-image stem, batch 256, 1000 epochs.
-    "cifar": {"arch": "resnet18", "small_images": True, "epochs": 1000, "batch_size": 256,
-              "base_lr": 1.0, "weight_decay": 1e-5, "target_decay": 0.99, "augment": "cifar",
-              "warmup_epochs": 10},
-    "fashion-mnist": {"data": "fashion-mnist", "arch": "convnet-512", "epochs": 4,
-                      "batch_size": 128, "base_lr": 4.0, "weight_decay": 1e-5,
-                      "target_decay": 0.99, "augment": "fashion-mnist", "warmup_epochs": 0.5,
-                      "hidden_dim": 1024, "image_size": 16, "eval_image_size": 28},
-}  # fmt: skip
 
 
 @dataclass
@@ -266,14 +213,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def key_info(cls: type = TrainConfig) -> dict[str, dict[str, Any]]:
-    """Each field of the config dataclass ``cls``: its metadata plus ``type`` and ``default``."""
-    hints = typing.get_type_hints(cls)
-    return {f.name: {**f.metadata, "type": hints[f.name], "default": f.default}
-            for f in dataclasses.fields(cls)}  # fmt: skip
-
-
-_INFO = key_info()
+_INFO = key_info(TrainConfig)
 #: Derived from the fields: the keys with a fixed set of values, and the numeric ranges.
 CHOICES: dict[str, tuple[str, ...]] = {k: v["choices"] for k, v in _INFO.items() if v["choices"]}
 RANGES: dict[str, tuple[float | None, float | None]] = {
@@ -289,76 +229,6 @@ def _unknown_key(name: str, where: str, valid: Sequence[str]) -> ConfigError:
     return ConfigError(
         f"unknown config key {name!r} in {where}{hint}; valid keys: {', '.join(sorted(valid))}"
     )
-
-
-def coerce(name: str, value: Any, annotation: Any) -> Any:
-    """Convert ``value`` (from YAML or a command-line string) to the field's type."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        is_none = value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
-        if is_none and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return coerce(name, value, inner[0])
-    if annotation is bool:
-        return _coerce_bool(name, value)
-    if annotation is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{name} must be an integer, got {value!r}")
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name} must be an integer, got {value!r}") from None
-        if not number.is_integer():
-            raise ConfigError(f"{name} must be an integer, got {value!r}")
-        return int(number)
-    if annotation is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{name} must be a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name} must be a number, got {value!r}") from None
-    if annotation is str:
-        if not isinstance(value, str | int | float) or isinstance(value, bool):
-            raise ConfigError(f"{name} must be a string, got {value!r}")
-        return str(value)
-    return value
-
-
-def _coerce_bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
-        return True
-    if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{name} must be true or false, got {value!r}")
-
-
-def check_values(config: Any, *, flags: bool = False) -> None:
-    """Check every field of a config dataclass against its choices and range.
-
-    Errors name the key (or, with ``flags``, the command-line flag).
-    """
-    for name, info in key_info(type(config)).items():
-        value = getattr(config, name)
-        label = (info["flag"] or "--" + name.replace("_", "-")) if flags else name
-        if info["choices"] and value is not None and value not in info["choices"]:
-            raise ConfigError(f"{label} must be one of {', '.join(info['choices'])}; got {value!r}")
-        if info["range"] is None or value is None:
-            continue
-        low, high = info["range"]
-        if (
-            not math.isfinite(value)
-            or (low is not None and value < low)
-            or (high is not None and value > high)
-        ):
-            bounds = (
-                f"{'(-inf' if low is None else f'[{low}'}, {'inf)' if high is None else f'{high}]'}"
-            )
-            raise ConfigError(f"{label} must lie in {bounds}, got {value!r}")
 
 
 def _check(config: TrainConfig) -> None:

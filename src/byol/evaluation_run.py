@@ -166,8 +166,59 @@ def run_evaluation(
         the first protocol) and each row is ``{"name", "protocol", "top1", "top5",
         "learning_rate", "seconds", ...}`` (k-NN rows add ``k`` and ``temperature``).
     """
-    from .evaluate import linear_probe, linear_probe_augmented
+    _check_arguments(protocol, baselines, epochs)
+    started = time.perf_counter()
+    run_device = resolve_device(device)
+    checkpoint = resolve_checkpoint(checkpoint)
+    encoder, info = load_encoder(checkpoint, device=run_device)
+    name = str(data if data is not None else info.data)
+    train_set, test_set = (
+        _labelled(load_data_for(info, data, data_root=data_root, split=split), name, split)
+        for split in ("train", "test")
+    )
+    if augmented and (train_set.images is None or test_set.images is None):
+        raise DataError(
+            f"--augmented needs the dataset in memory; {name!r} is streamed from disk "
+            "(use the default pre-computed protocol)"
+        )
+    num_classes = int(max(train_set.labels.max(), test_set.labels.max())) + 1
+    _say(f"{name}: {len(train_set)} train / {len(test_set)} test images, {num_classes} classes, "
+         f"encoder {info.arch} from {checkpoint} (step {info.step})", quiet)  # fmt: skip
+    probe_options: dict[str, Any] = {"seed": seed, "num_classes": num_classes,
+                                     "device": run_device}  # fmt: skip
+    if epochs is not None:
+        probe_options["epochs"] = epochs
+    encoders: list[tuple[str, nn.Module | None]] = [("byol", encoder)]
+    if "random-init" in baselines:
+        baseline = random_init_encoder(info.arch, small_images=info.small_images,
+                                       in_channels=info.in_channels, seed=seed)  # fmt: skip
+        encoders.append(("random-init", baseline.to(run_device).eval()))
+    if "pixels" in baselines:
+        encoders.append(("pixels", None))
+    rows: list[dict[str, Any]] = []
+    for row_name, model in encoders:
+        rows += _evaluate_encoder(
+            row_name, model, train_set, test_set, info, protocol=protocol, augmented=augmented,
+            probe_options=probe_options, batch_size=batch_size, device=run_device, quiet=quiet,
+        )  # fmt: skip
+    first = rows[0]
+    n_val = max([int(row.get("n_val") or 0) for row in rows] + [0])
+    result = {
+        "checkpoint": str(checkpoint), "step": info.step, "arch": info.arch, "dataset": name,
+        "protocol": protocol, "augmented": augmented, "seed": seed,
+        "split_sizes": {"train": len(train_set), "val": n_val, "test": len(test_set)},
+        "num_classes": num_classes, "top1": first["top1"], "top5": first["top5"],
+        "learning_rate": first["learning_rate"], "seconds": time.perf_counter() - started,
+        "rows": rows,
+    }  # fmt: skip
+    run_folder = run_folder_of(checkpoint)
+    if write_run_file and run_folder is not None:
+        target = run_folder / eval_file_name(name, info.data)
+        result["written_to"] = str(_write_run_file(target, result))
+    return result
 
+
+def _check_arguments(protocol: str, baselines: Sequence[str], epochs: int | None) -> None:
     if protocol not in PROTOCOLS:
         raise ConfigError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     unknown = [b for b in baselines if b not in BASELINES]
@@ -175,106 +226,57 @@ def run_evaluation(
         raise ConfigError(f"unknown --baseline {unknown[0]!r}; choose from {', '.join(BASELINES)}")
     if epochs is not None and epochs < 1:
         raise ConfigError(f"--epochs must be >= 1, got {epochs}")
-    baselines = list(dict.fromkeys(baselines))
-    started = time.perf_counter()
-    run_device = resolve_device(device)
-    checkpoint = resolve_checkpoint(checkpoint)
-    encoder, info = load_encoder(checkpoint, device=run_device)
-    name = data if data is not None else info.data
-    train_set = _labelled(load_data_for(info, data, data_root=data_root, split="train"),
-                          str(name), "train")  # fmt: skip
-    test_set = _labelled(load_data_for(info, data, data_root=data_root, split="test"),
-                         str(name), "test")  # fmt: skip
-    if augmented and (train_set.images is None or test_set.images is None):
-        raise DataError(
-            f"--augmented needs the dataset in memory; {name!r} is streamed from disk "
-            "(use the default pre-computed protocol)"
-        )
+
+
+def _evaluate_encoder(
+    row_name: str,
+    model: nn.Module | None,
+    train_set: ImageData,
+    test_set: ImageData,
+    info: EncoderInfo,
+    *,
+    protocol: str,
+    augmented: bool,
+    probe_options: dict[str, Any],
+    batch_size: int,
+    device: torch.device,
+    quiet: bool,
+) -> list[dict[str, Any]]:
+    """The rows of one encoder (``None``: the raw pixels) under ``protocol``."""
+    from .evaluate import linear_probe, linear_probe_augmented
+
+    if model is None and (train_set.images is None or test_set.images is None):
+        raise DataError(f"the pixels baseline needs {train_set.name!r} in memory; it is streamed")
     train_y, test_y = train_set.labels, test_set.labels
-    num_classes = int(max(train_y.max(), test_y.max())) + 1
-    _say(f"{name}: {len(train_set)} train / {len(test_set)} test images, {num_classes} classes, "
-         f"encoder {info.arch} from {checkpoint} (step {info.step})", quiet)  # fmt: skip
-    probe_options: dict[str, Any] = {"seed": seed, "num_classes": num_classes,
-                                     "device": run_device}  # fmt: skip
-    if epochs is not None:
-        probe_options["epochs"] = epochs
-
-    encoders: list[tuple[str, nn.Module | None]] = [("byol", encoder)]
-    if "random-init" in baselines:
-        encoders.append(
-            (
-                "random-init",
-                random_init_encoder(
-                    info.arch,
-                    small_images=info.small_images,
-                    in_channels=info.in_channels,
-                    seed=seed,
-                )
-                .to(run_device)
-                .eval(),
-            )
-        )
-    if "pixels" in baselines:
-        encoders.append(("pixels", None))
-
     rows: list[dict[str, Any]] = []
-    n_val = 0
-    for row_name, model in encoders:
-        need_features = protocol in ("knn", "all") or not augmented
-        if model is None and (train_set.images is None or test_set.images is None):
-            raise DataError(f"the pixels baseline needs {name!r} in memory; it is streamed")
-        if need_features:
-            tick = time.perf_counter()
-            train_features, test_features = (
-                _features_of(model, dataset, info, batch_size=batch_size, device=run_device)
-                for dataset in (train_set, test_set)
-            )
-            _say(f"{row_name}: features {tuple(train_features.shape)} in "
-                 f"{time.perf_counter() - tick:.1f}s", quiet)  # fmt: skip
-        if protocol in ("linear", "all"):
-            if augmented:
-                result = linear_probe_augmented(
-                    model if model is not None else nn.Flatten(1), train_set.images, train_y,
-                    test_set.images, test_y, mean=info.mean, std=info.std,
-                    size=info.image_size, crop=_augmented_crop(info),
-                    encode_batch_size=batch_size, **probe_options,
-                )  # fmt: skip
-            else:
-                result = linear_probe(train_features, train_y, test_features, test_y,
-                                      **probe_options)  # fmt: skip
-            n_val = result["n_val"]
-            rows.append(_linear_row(row_name, result, augmented))
-            _say(f"{row_name}: linear top-1 {100 * result['top1']:.2f}% "
-                 f"(lr {result['learning_rate']:g}, {result['seconds']:.1f}s)", quiet)  # fmt: skip
-        if protocol in ("knn", "all"):
-            knn = _knn_rows(row_name, train_features.to(run_device), train_y.to(run_device),
-                            test_features.to(run_device), test_y.to(run_device))  # fmt: skip
-            rows.extend(knn)
-            _say(f"{row_name}: k-NN top-1 " + ", ".join(
-                f"k={r['k']}: {100 * r['top1']:.2f}%" for r in knn), quiet)  # fmt: skip
-
-    first = rows[0]
-    result = {
-        "checkpoint": str(checkpoint),
-        "step": info.step,
-        "arch": info.arch,
-        "dataset": str(name),
-        "protocol": protocol,
-        "augmented": augmented,
-        "seed": seed,
-        "split_sizes": {"train": len(train_set), "val": n_val, "test": len(test_set)},
-        "num_classes": num_classes,
-        "top1": first["top1"],
-        "top5": first["top5"],
-        "learning_rate": first["learning_rate"],
-        "seconds": time.perf_counter() - started,
-        "rows": rows,
-    }
-    run_folder = run_folder_of(checkpoint)
-    if write_run_file and run_folder is not None:
-        target = run_folder / eval_file_name(str(name), info.data)
-        result["written_to"] = str(_write_run_file(target, result))
-    return result
+    if protocol in ("knn", "all") or not augmented:
+        tick = time.perf_counter()
+        train_features, test_features = (
+            _features_of(model, dataset, info, batch_size=batch_size, device=device)
+            for dataset in (train_set, test_set)
+        )
+        _say(f"{row_name}: features {tuple(train_features.shape)} in "
+             f"{time.perf_counter() - tick:.1f}s", quiet)  # fmt: skip
+    if protocol in ("linear", "all"):
+        if augmented:
+            result = linear_probe_augmented(
+                model if model is not None else nn.Flatten(1), train_set.images, train_y,
+                test_set.images, test_y, mean=info.mean, std=info.std, size=info.image_size,
+                crop=_augmented_crop(info), encode_batch_size=batch_size, **probe_options,
+            )  # fmt: skip
+        else:
+            result = linear_probe(train_features, train_y, test_features, test_y,
+                                  **probe_options)  # fmt: skip
+        rows.append(_linear_row(row_name, result, augmented))
+        _say(f"{row_name}: linear top-1 {100 * result['top1']:.2f}% "
+             f"(lr {result['learning_rate']:g}, {result['seconds']:.1f}s)", quiet)  # fmt: skip
+    if protocol in ("knn", "all"):
+        knn = _knn_rows(row_name, train_features.to(device), train_y.to(device),
+                        test_features.to(device), test_y.to(device))  # fmt: skip
+        rows.extend(knn)
+        _say(f"{row_name}: k-NN top-1 " + ", ".join(
+            f"k={r['k']}: {100 * r['top1']:.2f}%" for r in knn), quiet)  # fmt: skip
+    return rows
 
 
 def eval_file_name(dataset: str, trained_on: str | None) -> str:

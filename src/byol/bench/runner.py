@@ -38,7 +38,8 @@ from typing import Any
 
 import torch
 
-from ..config import TrainConfig, check_values, coerce, key, key_info
+from ..config import TrainConfig
+from ..config_keys import check_values, coerce, key, key_info
 from ..runtime import AUTOCAST_DTYPES, keep_freed_memory
 from . import ceiling
 from .ablations import loop_lars, loop_update_target
@@ -270,12 +271,25 @@ def run_bench(config: BenchConfig, *, log: Callable[[str], None] | None = None) 
         "precision": runner.trainer.precision,
     }
 
+    result.update(_throughput(runner, config, say))
+    # Whether malloc keeps freed blocks (see byol.runtime.keep_freed_memory; CPU runs only).
+    result["keep_freed_memory"] = keep_freed_memory() if device.type == "cpu" else None
+    result.update(_stages(runner, config, say))
+    result.update(_flops(runner, config, result["images_per_s"], say))
+    result.update(_ceiling(runner, config, result["achieved_gflops"], say))
+    if config.profile_steps:
+        say(f"profiling {config.profile_steps} steps")
+        result["profile"] = runner.profile(config.profile_steps)
+    return result
+
+
+def _throughput(runner: TrainStepRunner, config: Any, say: Callable[[str], None]) -> dict:
+    """Warm-up, then the timed windows: images/s, step time, loss, host costs per step."""
     say(f"warm-up: {config.warmup} steps" + (" (includes torch.compile)" if config.compile else ""))
     start = time.perf_counter()
     if config.warmup:
         runner.run_window(config.warmup)
-    result["warmup_s"] = time.perf_counter() - start
-
+    result: dict[str, Any] = {"warmup_s": time.perf_counter() - start}
     seconds = []
     usage_before = process_usage()
     for window in range(config.windows):
@@ -297,52 +311,52 @@ def run_bench(config: BenchConfig, *, log: Callable[[str], None] | None = None) 
             if usage_before and usage_after
             else None
         )
-    # Whether malloc keeps freed blocks (see byol.train.keep_freed_memory; CPU runs only).
-    result["keep_freed_memory"] = keep_freed_memory() if device.type == "cpu" else None
+    return result
 
-    if config.stages:
-        say(f"instrumented pass: {config.steps} steps")
-        records = runner.stage_times(config.steps)
-        result["stages_ms"] = {
-            stage: 1000 * statistics.median(r[stage] for r in records) for stage in STAGES
-        }
-        result["stages_sum_ms"] = 1000 * statistics.median(sum(r.values()) for r in records)
-    else:
-        result["stages_ms"] = None
-        result["stages_sum_ms"] = None
 
-    result["flops_per_image"] = None
-    result["achieved_gflops"] = None
-    if config.flops:
-        say("counting FLOPs")
-        view1, view2 = runner.sample_views(min(config.batch_size, 16))
-        flops = step_flops_per_image(runner.model, view1, view2)
-        result["flops_per_image"] = flops
-        result["achieved_gflops"] = flops * result["images_per_s"] / 1e9
+def _stages(runner: TrainStepRunner, config: Any, say: Callable[[str], None]) -> dict:
+    if not config.stages:
+        return {"stages_ms": None, "stages_sum_ms": None}
+    say(f"instrumented pass: {config.steps} steps")
+    records = runner.stage_times(config.steps)
+    return {
+        "stages_ms": {s: 1000 * statistics.median(r[s] for r in records) for s in STAGES},
+        "stages_sum_ms": 1000 * statistics.median(sum(r.values()) for r in records),
+    }
 
-    result["matmul_gflops"] = None
-    result["conv3x3_gflops"] = None
-    result["ceiling_gflops"] = None
-    result["fraction_of_ceiling"] = None
-    if config.ceiling:
-        say("measuring the device's matmul and convolution rates")
-        precision = runner.trainer.precision
-        dtype = AUTOCAST_DTYPES.get(precision, torch.float32)
-        matmul = {"fp32": ceiling.matmul_rate(device, torch.float32)}
-        if precision != "fp32":
-            matmul[precision] = ceiling.matmul_rate(device, dtype)
-        conv = {
-            "channels_last": ceiling.conv3x3_rate(device, dtype, channels_last=True),
-            "contiguous": ceiling.conv3x3_rate(device, dtype, channels_last=False),
-        }
-        result["matmul_gflops"] = matmul
-        result["conv3x3_gflops"] = conv
-        best = max(matmul[precision], *conv.values())
-        result["ceiling_gflops"] = best
-        if result["achieved_gflops"] is not None:
-            result["fraction_of_ceiling"] = result["achieved_gflops"] / best
 
-    if config.profile_steps:
-        say(f"profiling {config.profile_steps} steps")
-        result["profile"] = runner.profile(config.profile_steps)
+def _flops(
+    runner: TrainStepRunner, config: Any, images_per_s: float, say: Callable[[str], None]
+) -> dict:
+    if not config.flops:
+        return {"flops_per_image": None, "achieved_gflops": None}
+    say("counting FLOPs")
+    view1, view2 = runner.sample_views(min(config.batch_size, 16))
+    flops = step_flops_per_image(runner.model, view1, view2)
+    return {"flops_per_image": flops, "achieved_gflops": flops * images_per_s / 1e9}
+
+
+def _ceiling(
+    runner: TrainStepRunner, config: Any, achieved: float | None, say: Callable[[str], None]
+) -> dict:
+    """The device's matmul (fp32 and the step's precision) and 3x3 convolution rates."""
+    result: dict[str, Any] = dict.fromkeys(
+        ("matmul_gflops", "conv3x3_gflops", "ceiling_gflops", "fraction_of_ceiling")
+    )
+    if not config.ceiling:
+        return result
+    say("measuring the device's matmul and convolution rates")
+    device, precision = runner.device, runner.trainer.precision
+    dtype = AUTOCAST_DTYPES.get(precision, torch.float32)
+    matmul = {"fp32": ceiling.matmul_rate(device, torch.float32)}
+    if precision != "fp32":
+        matmul[precision] = ceiling.matmul_rate(device, dtype)
+    conv = {
+        "channels_last": ceiling.conv3x3_rate(device, dtype, channels_last=True),
+        "contiguous": ceiling.conv3x3_rate(device, dtype, channels_last=False),
+    }
+    best = max(matmul[precision], *conv.values())
+    result.update(matmul_gflops=matmul, conv3x3_gflops=conv, ceiling_gflops=best)
+    if achieved is not None:
+        result["fraction_of_ceiling"] = achieved / best
     return result

@@ -202,12 +202,7 @@ def load_folder(
             f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found in folder {split_folder}"
         )
 
-    relative_parts = [p.relative_to(split_folder).parts for p in files]
-    class_dirs = sorted({parts[0] for parts in relative_parts if len(parts) == 2})
-    labeled = all(len(parts) == 2 for parts in relative_parts) and len(class_dirs) >= 2
-    classes = class_dirs if labeled else None
-    class_index = {c: i for i, c in enumerate(class_dirs)}
-
+    classes, file_labels = _class_layout(files, split_folder)
     headers = _thread_map(_header_mode, files)
     bad = [
         (str(p), reason) for p, (mode, reason) in zip(files, headers, strict=True) if mode is None
@@ -221,7 +216,7 @@ def load_folder(
     channels = 1 if grayscale else 3
 
     paths = [str(files[i]) for i in keep]
-    labels = [class_index[relative_parts[i][0]] for i in keep] if labeled else None
+    labels = [file_labels[i] for i in keep] if file_labels is not None else None
     decoded_bytes = len(paths) * channels * size * size
     if in_memory is None:
         in_memory = decoded_bytes <= IN_MEMORY_LIMIT_BYTES
@@ -232,21 +227,11 @@ def load_folder(
         label_tensor = torch.tensor(labels, dtype=torch.int64) if labels is not None else None
         return ImageData(name, None, label_tensor, classes, paths, _reader=reader)
 
-    images = np.empty((len(paths), channels, size, size), dtype=np.uint8)
-
-    def decode_into(row: int) -> str | None:
-        try:
-            images[row] = decode_image(paths[row], size, mode)
-        except Exception as error:  # PIL raises many error types on malformed files
-            return str(error) or type(error).__name__
-        return None
-
-    failures = _thread_map(decode_into, list(range(len(paths))))
-    bad += [(paths[row], reason) for row, reason in enumerate(failures) if reason is not None]
+    images, good, failures = _decode_in_memory(paths, size, mode, channels)
+    bad += failures
     # One report for header and decode failures together, in the files' sorted order.
     order = {str(path): position for position, path in enumerate(files)}
     _report_bad_files(split_folder, sorted(bad, key=lambda item: order[item[0]]), strict)
-    good = [row for row, reason in enumerate(failures) if reason is None]
     if not good:
         raise DataError(f"none of the {len(files)} image files in {split_folder} can be read")
     image_tensor = torch.from_numpy(images if len(good) == len(paths) else images[good])
@@ -257,3 +242,32 @@ def load_folder(
         classes,
         [paths[r] for r in good],
     )
+
+
+def _class_layout(files: list[Path], split_folder: Path) -> tuple[list[str] | None, list | None]:
+    """Class names and each file's label when every file sits in one of at least two class
+    sub-folders; (None, None) for an unlabeled folder."""
+    relative_parts = [p.relative_to(split_folder).parts for p in files]
+    class_dirs = sorted({parts[0] for parts in relative_parts if len(parts) == 2})
+    if not (all(len(parts) == 2 for parts in relative_parts) and len(class_dirs) >= 2):
+        return None, None
+    class_index = {c: i for i, c in enumerate(class_dirs)}
+    return class_dirs, [class_index[parts[0]] for parts in relative_parts]
+
+
+def _decode_in_memory(
+    paths: list[str], size: int, mode: str, channels: int
+) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
+    """Decode every file into one array: (images, rows decoded, (path, reason) of failures)."""
+    images = np.empty((len(paths), channels, size, size), dtype=np.uint8)
+
+    def decode_into(row: int) -> str | None:
+        try:
+            images[row] = decode_image(paths[row], size, mode)
+        except Exception as error:  # PIL raises many error types on malformed files
+            return str(error) or type(error).__name__
+        return None
+
+    reasons = _thread_map(decode_into, list(range(len(paths))))
+    failures = [(paths[row], reason) for row, reason in enumerate(reasons) if reason is not None]
+    return images, [row for row, reason in enumerate(reasons) if reason is None], failures

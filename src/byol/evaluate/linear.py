@@ -232,6 +232,18 @@ def probe_result(
     }  # fmt: skip
 
 
+def _fit_on_features(
+    x: torch.Tensor, labels: torch.Tensor, *, fit_final: bool, **options
+) -> tuple[dict, StackedSoftmaxHeads | None]:
+    """:func:`fit_and_select` on pre-computed (already standardised) training features ``x``."""
+    y = labels.to(x.device)
+    return fit_and_select(
+        labels, lambda idx: (x[idx.to(x.device)], y[idx.to(x.device)]),
+        lambda idx: x[idx.to(x.device)], dim=x.shape[1], device=x.device, fit_final=fit_final,
+        **options,
+    )  # fmt: skip
+
+
 def prepare_features(
     train_features: torch.Tensor, standardize: bool, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -274,21 +286,10 @@ def select_learning_rate(
     num_classes = resolve_num_classes(num_classes, train_labels)
     run_device = torch.device(device) if device is not None else train_features.device
     x, _, _ = prepare_features(train_features, standardize, run_device)
-    y = train_labels.to(run_device)
-    selection, _ = fit_and_select(
-        train_labels,
-        lambda idx: (x[idx.to(run_device)], y[idx.to(run_device)]),
-        lambda idx: x[idx.to(run_device)],
-        dim=x.shape[1],
-        rates=rates,
-        num_classes=num_classes,
-        epochs=epochs,
-        batch_size=batch_size,
-        val_fraction=val_fraction,
-        seed=seed,
-        device=run_device,
-        fit_final=False,
-    )
+    selection, _ = _fit_on_features(
+        x, train_labels, rates=rates, num_classes=num_classes, epochs=epochs,
+        batch_size=batch_size, val_fraction=val_fraction, seed=seed, fit_final=False,
+    )  # fmt: skip
     return selection
 
 
@@ -343,21 +344,10 @@ def linear_probe(
     run_device = torch.device(device) if device is not None else train_features.device
 
     x, mean, std = prepare_features(train_features, standardize, run_device)
-    y = train_labels.to(run_device)
-    selection, final_heads = fit_and_select(
-        train_labels,
-        lambda idx: (x[idx.to(run_device)], y[idx.to(run_device)]),
-        lambda idx: x[idx.to(run_device)],
-        dim=x.shape[1],
-        rates=rates,
-        num_classes=num_classes,
-        epochs=epochs,
-        batch_size=batch_size,
-        val_fraction=val_fraction,
-        seed=seed,
-        device=run_device,
-        fit_final=True,
-    )
+    selection, final_heads = _fit_on_features(
+        x, train_labels, rates=rates, num_classes=num_classes, epochs=epochs,
+        batch_size=batch_size, val_fraction=val_fraction, seed=seed, fit_final=True,
+    )  # fmt: skip
     chosen = selection["learning_rate"]
     classifier = final_heads.subset([rates.index(chosen)])
 

@@ -67,13 +67,7 @@ def torchvision_encoder(arch: str, *, small_images: bool, in_channels: int) -> n
     if arch not in TORCHVISION_ARCHS:
         raise ConfigError(f"{arch!r} is not a torchvision architecture; use the byol layout for it")
     model = getattr(torchvision.models, arch)(weights=None)
-    model.fc = nn.Identity()
-    if small_images:
-        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        model.maxpool = nn.Identity()
-    elif in_channels != 3:
-        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    return model
+    return backbones.adapt_resnet(model, small_images=small_images, in_channels=in_channels)
 
 
 def sidecar_path(weights: str | Path) -> Path:

@@ -1,0 +1,49 @@
+"""Crop boxes, resampling, pad-crop-flip and whole-image preparation (byol.augment.crops)."""
+
+import torch
+import torch.nn.functional as F
+
+from byol.augment.crops import pad_crop_flip, prepare_whole_images, random_resized_crop_flip
+
+
+def test_crops_without_room_to_move_are_identity_or_flip():
+    images = torch.rand(16, 3, 6, 6)
+    generator = torch.Generator().manual_seed(0)
+    for out in (
+        pad_crop_flip(images, 0, generator),
+        # Area 1 with a non-square ratio never fits: the fallback is the whole image.
+        random_resized_crop_flip(images, 6, (1.0, 1.0), generator),
+    ):
+        assert out.shape == images.shape
+        same = (out - images).abs().flatten(1).amax(1) < 1e-5
+        flipped = (out - images.flip(-1)).abs().flatten(1).amax(1) < 1e-5
+        assert bool((same | flipped).all())
+        assert 0 < int(flipped.sum()) < 16  # both outcomes occur
+
+
+def test_pad_crop_shifts_content_and_resized_crop_outputs_size():
+    images = torch.rand(32, 3, 8, 8)
+    generator = torch.Generator().manual_seed(1)
+    shifted = pad_crop_flip(images, 2, generator)
+    assert shifted.shape == images.shape
+    # Some crops moved the image, uncovering zero padding.
+    assert int((shifted.flatten(1) == 0).any(1).sum()) > 0
+    cropped = random_resized_crop_flip(images, 5, (0.08, 1.0), generator)
+    assert cropped.shape == (32, 3, 5, 5)
+    assert float(cropped.min()) >= 0 and float(cropped.max()) <= 1
+
+
+def test_whole_images_are_centre_cropped_on_the_shorter_side():
+    wide = torch.rand(2, 3, 10, 20)
+    out = prepare_whole_images(wide, 5)
+    # Shorter side 10 -> 5: the 10x20 image becomes 5x10, and its centre 5x5 is kept.
+    resized = F.interpolate(wide, size=(5, 10), mode="bilinear", antialias=True)
+    torch.testing.assert_close(out, resized[..., :, 2:7])
+    square = torch.rand(2, 1, 8, 8)
+    torch.testing.assert_close(
+        prepare_whole_images(square, 4),
+        F.interpolate(square, size=(4, 4), mode="bilinear", antialias=True),
+    )
+    assert prepare_whole_images(square, None) is square
+    # A crop fraction keeps the centre: 8 px at 0.5 -> the middle 4 px, resized to 2.
+    assert prepare_whole_images(square, 2, crop_fraction=0.5).shape[-2:] == (2, 2)
