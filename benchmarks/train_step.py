@@ -291,9 +291,7 @@ def main(argv: list[str] | None = None) -> int:
             warmup=args.warmup, device="cpu", small_images=True,
         )  # fmt: skip
         variants = args.variants or (
-            list(VARIANTS)
-            if arch == "convnet"
-            else ["default", "no channels_last", "compile"]
+            list(VARIANTS) if arch == "convnet" else ["default", "no channels_last", "compile"]
         )
         results.append(measure_arch(base, variants, args.rounds, args.profile_steps))
         if args.malloc_rounds:

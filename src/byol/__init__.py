@@ -11,7 +11,7 @@ The public surface::
     byol.load_checkpoint                                  trusted-free checkpoint loading
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from . import backbones
 from .checkpoint import load_checkpoint
