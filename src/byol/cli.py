@@ -59,6 +59,12 @@ def add_config_arguments(
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, TrainConfig)
+    parser.add_argument(
+        "--resume", nargs="?", const="latest", default=None, metavar="PATH",
+        help="continue the run folder (--out) from its newest valid checkpoint (exit 2 if it "
+        "has none), or from the checkpoint file PATH; without --resume a run folder that holds "
+        "a checkpoint resumes too",
+    )  # fmt: skip
     parser.add_argument("--nproc", type=int, default=None,
                         help="launch this many local processes with torchrun (DDP)")  # fmt: skip
 
@@ -85,14 +91,14 @@ def _run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     overrides = {
         key: value
         for key, value in vars(args).items()
-        if key not in ("command", "nproc", "config", "handler") and value is not None
+        if key not in ("command", "nproc", "config", "handler", "resume") and value is not None
     }
     if args.nproc and args.nproc > 1:
         from .ddp import launch_local
 
         return launch_local(args.nproc, list(argv))
     config = load_config(args.config, overrides)
-    result = train(config)
+    result = train(config, resume=args.resume)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     print(f"byol: run folder      {result.out}")

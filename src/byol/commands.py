@@ -18,8 +18,33 @@ _DATA_HELP = (
 )
 
 
+def _add_run(parser: argparse.ArgumentParser) -> None:
+    """The run to read: positional, or ``--checkpoint`` (its alias)."""
+    parser.add_argument("run", nargs="?", default=None, metavar="RUN", help=_CHECKPOINT_HELP)
+    parser.add_argument("--checkpoint", default=None, metavar="RUN",
+                        help="the same as the positional RUN (kept for scripts)")  # fmt: skip
+
+
+def _run_of(args: argparse.Namespace) -> str:
+    """The run named by the positional argument or ``--checkpoint`` (exit 2 if neither or
+    two different ones)."""
+    from .errors import ConfigError
+
+    if args.run and args.checkpoint and args.run != args.checkpoint:
+        raise ConfigError(
+            f"two runs given: {args.run} and --checkpoint {args.checkpoint}; name one"
+        )
+    run = args.run or args.checkpoint
+    if not run:
+        raise ConfigError(
+            f"byol {args.command} needs a run: a run folder or a checkpoint file, e.g. "
+            f"byol {args.command} runs/quickstart"
+        )
+    return run
+
+
 def _add_checkpoint_and_data(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, metavar="PATH", help=_CHECKPOINT_HELP)
+    _add_run(parser)
     parser.add_argument("--data", default=None, metavar="NAME", help=_DATA_HELP)
     parser.add_argument("--data-root", default=None, metavar="DIR",
                         help="folder holding the dataset files")  # fmt: skip
@@ -36,7 +61,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     from .evaluation_run import results_table, run_evaluation
 
     result = run_evaluation(
-        args.checkpoint, data=args.data, data_root=args.data_root, protocol=args.protocol,
+        _run_of(args), data=args.data, data_root=args.data_root, protocol=args.protocol,
         baselines=args.baseline or (), augmented=args.augmented, epochs=args.epochs,
         seed=args.seed, device=args.device, batch_size=args.batch_size, quiet=args.json,
     )  # fmt: skip
@@ -87,7 +112,7 @@ def _run_embed(args: argparse.Namespace) -> int:
     from .handover import embed
 
     result = embed(
-        args.checkpoint, args.out, data=args.data, data_root=args.data_root, split=args.split,
+        _run_of(args), args.out, data=args.data, data_root=args.data_root, split=args.split,
         batch_size=args.batch_size, device=args.device,
     )  # fmt: skip
     print(f"byol: embeddings      {result.features} shape {result.shape[0]}x{result.shape[1]}")
@@ -119,7 +144,7 @@ def register_embed(commands: Any) -> None:
 def _run_export(args: argparse.Namespace) -> int:
     from .handover import export_encoder
 
-    result = export_encoder(args.checkpoint, args.out, layout=args.format)
+    result = export_encoder(_run_of(args), args.out, layout=args.format)
     meta = result.metadata
     print(f"byol: weights         {result.weights} ({result.layout} layout, "
           f"{result.num_tensors} tensors, {result.num_parameters:,} parameters)")  # fmt: skip
@@ -139,7 +164,7 @@ def register_export(commands: Any) -> None:
         "the state_dict of byol.backbones.build(arch, ...) (any architecture). Metadata goes "
         "in the file header and in a sidecar OUT-stem.json.",
     )  # fmt: skip
-    parser.add_argument("--checkpoint", required=True, metavar="PATH", help=_CHECKPOINT_HELP)
+    _add_run(parser)
     parser.add_argument("--out", required=True, metavar="FILE.safetensors",
                         help="weights file to write")  # fmt: skip
     parser.add_argument("--format", choices=("torchvision", "byol"), default="torchvision",
@@ -154,7 +179,7 @@ def _run_report(args: argparse.Namespace) -> int:
     from .report import make_report
 
     result = make_report(
-        args.run_dir, out=args.out, data_root=args.data_root, device=args.device,
+        _run_of(args), out=args.out, data_root=args.data_root, device=args.device,
         tsne_points=args.tsne_points, bank_size=args.bank_size,
     )  # fmt: skip
     print(f"byol: report          {result.report}")
@@ -168,13 +193,14 @@ def _run_report(args: argparse.Namespace) -> int:
 def register_report(commands: Any) -> None:
     parser = commands.add_parser(
         "report", help="Markdown report with plots of a run folder",
-        description="Write RUN_DIR/report/report.md with PNG plots: loss, learning rate and tau "
+        description="Write RUN/report/report.md with PNG plots: loss, learning rate and tau "
         "over steps; k-NN accuracy and the collapse metric; a t-SNE map of test embeddings; a "
-        "retrieval grid; the table of RUN_DIR/eval.json when present.",
+        "retrieval grid; the table of RUN/eval.json when present. RUN is a run folder or one "
+        "of its checkpoint files (whose encoder the embedding figures then use).",
     )  # fmt: skip
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="a byol train run folder")
+    _add_run(parser)
     parser.add_argument("--out", default=None, metavar="DIR",
-                        help="output folder (default: RUN_DIR/report)")  # fmt: skip
+                        help="output folder (default: RUN/report)")  # fmt: skip
     parser.add_argument("--data-root", default=None, metavar="DIR",
                         help="folder holding the dataset files (default: the run's)")  # fmt: skip
     parser.add_argument("--device", default=None, metavar="DEVICE",

@@ -19,7 +19,7 @@ import yaml
 from .config import DERIVED_SECTION, RESUMABLE_CHANGES, TrainConfig
 from .errors import ConfigError
 
-__all__ = ["MetricsWriter", "RunFolder", "truncate_metrics"]
+__all__ = ["MetricsWriter", "RunFolder", "config_changes", "truncate_metrics"]
 
 
 class RunFolder:
@@ -46,14 +46,8 @@ class RunFolder:
             raise ConfigError(
                 f"{self.config_file} exists but is not a byol run config; choose another --out"
             )
-        previous.pop(DERIVED_SECTION, None)
-        current = config.to_dict()
-        changed = sorted(
-            key for key in set(previous) | set(current)
-            if key not in RESUMABLE_CHANGES and previous.get(key) != current.get(key)
-        )  # fmt: skip
-        if changed:
-            detail = ", ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in changed)
+        detail = config_changes(previous, config)
+        if detail:
             raise ConfigError(
                 f"run folder {self.path} already holds a run with a different config ({detail}); "
                 "choose another --out, or rerun with the same settings to resume it"
@@ -86,6 +80,18 @@ class RunFolder:
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         (self.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def config_changes(previous: dict[str, Any], config: TrainConfig) -> str:
+    """The keys that differ between ``previous`` (a saved config) and ``config`` and would
+    change the run's result, as ``key: old -> new, ...`` ('' when none)."""
+    previous = {k: v for k, v in previous.items() if k != DERIVED_SECTION}
+    current = config.to_dict()
+    changed = sorted(
+        key for key in set(previous) | set(current)
+        if key not in RESUMABLE_CHANGES and previous.get(key) != current.get(key)
+    )  # fmt: skip
+    return ", ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in changed)
 
 
 def truncate_metrics(path: Path, resume_step: int) -> None:

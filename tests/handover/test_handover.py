@@ -193,3 +193,20 @@ def test_corrupt_checkpoint_exits_2_naming_the_path(tmp_path, capsys):
     assert str(bad) in capsys.readouterr().err
     with pytest.raises(CheckpointError, match="not a byol checkpoint"):
         load_encoder(bad)
+
+
+@pytest.mark.parametrize("command", ["eval", "embed", "export", "report"])
+def test_every_command_takes_the_run_positionally_or_as_checkpoint(
+    command, convnet_checkpoint, tmp_path, capsys
+):
+    run = convnet_checkpoint.parent.parent
+    extra = {
+        "eval": ["--protocol", "knn"],
+        "embed": ["--out", str(tmp_path / "e.npy")],
+        "export": ["--out", str(tmp_path / "w.safetensors"), "--format", "byol"],
+        "report": ["--out", str(tmp_path / "report"), "--tsne-points", "20"],
+    }[command]
+    assert main([command, str(run), *extra]) == 0, capsys.readouterr().err
+    assert main([command, "--checkpoint", str(convnet_checkpoint), *extra]) == 0
+    assert main([command, *extra]) == 2
+    assert f"byol {command} needs a run" in capsys.readouterr().err

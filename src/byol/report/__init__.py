@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from ..errors import ConfigError, DataError
+from ..handover.load import run_folder_of
 from .inputs import read_json, read_metrics
 from .sections import (
     ReportResult,
@@ -50,10 +51,13 @@ def make_report(
     """Write ``report.md`` and its PNG figures for run folder ``run_dir`` into ``out``
     (default ``run_dir/report``). Returns the paths written and notes on skipped parts.
 
+    ``run_dir`` may also be a checkpoint file of a run folder: the report is the folder's, and
+    the embedding figures use that checkpoint's encoder (default: ``checkpoints/last.pt``).
+
     Raises :class:`DataError` when ``run_dir`` is not a byol run folder (no ``config.yaml``
     nor ``metrics.jsonl``).
     """
-    run_dir = Path(run_dir).expanduser()
+    run_dir, checkpoint = _run_and_checkpoint(Path(run_dir).expanduser())
     out_dir = _check_arguments(run_dir, out, tsne_points=tsne_points, bank_size=bank_size,
                                queries=queries, neighbours=neighbours)  # fmt: skip
     result = ReportResult(report=out_dir / "report.md")
@@ -70,7 +74,7 @@ def make_report(
     sections: list[str] = [f"# BYOL run report: {run_dir.name}", ""]
     sections += [*summary_lines(run_dir.absolute(), config, summary, steps, knn), ""]
     sections += training_section(steps, knn, config, out_dir, result)
-    sections += embedding_sections(run_dir, out_dir, result, data_root=data_root, device=device,
+    sections += embedding_sections(checkpoint, out_dir, result, data_root=data_root, device=device,
                                    tsne_points=tsne_points, bank_size=bank_size, queries=queries,
                                    neighbours=neighbours, seed=seed)  # fmt: skip
     sections += evaluation_section(run_dir, read_json(run_dir / "eval.json"), summary)
@@ -81,6 +85,16 @@ def make_report(
     except OSError as error:
         raise DataError(f"cannot write {result.report}: {error.strerror}") from None
     return result
+
+
+def _run_and_checkpoint(path: Path) -> tuple[Path, Path]:
+    """(run folder, checkpoint) of a run folder or of one of its checkpoint files."""
+    if path.is_file():
+        folder = run_folder_of(path)
+        if folder is None:
+            raise DataError(f"{path} is not a checkpoint inside a byol run folder")
+        return folder, path
+    return path, path / "checkpoints" / "last.pt"
 
 
 def _check_arguments(run_dir: Path, out, **counts: int) -> Path:

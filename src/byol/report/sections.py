@@ -99,9 +99,9 @@ def evaluation_section(run_dir: Path, evaluation: dict | None, summary: dict | N
     """The table of ``RUN/eval.json``, or how to make it."""
     sections = ["## Evaluation", ""]
     if not evaluation or not evaluation.get("rows"):
-        return [*sections, "_No eval.json in the run folder: run `byol eval --checkpoint "
-                f"{run_dir}/checkpoints/last.pt --baseline random-init --baseline pixels` "
-                "to add the evaluation table._", ""]  # fmt: skip
+        return [*sections, f"_No eval.json in the run folder: run `byol eval {run_dir} "
+                "--baseline random-init --baseline pixels` to add the evaluation table._",
+                ""]  # fmt: skip
     from ..evaluation_run import results_table
 
     sizes = evaluation.get("split_sizes", {})
@@ -138,7 +138,7 @@ class _Pools:
 
 
 def embedding_sections(
-    run_dir: Path, out_dir: Path, result: ReportResult, *, data_root, device, tsne_points: int,
+    checkpoint: Path, out_dir: Path, result: ReportResult, *, data_root, device, tsne_points: int,
     bank_size: int, queries: int, neighbours: int, seed: int,
 ) -> list[str]:  # fmt: skip
     """t-SNE map and retrieval grid; a note instead when the checkpoint or data is missing."""
@@ -148,7 +148,7 @@ def embedding_sections(
     sections = ["## What the features learned", ""]
     run_device = resolve_device(device)
     try:
-        encoder, info = load_encoder(run_dir / "checkpoints" / "last.pt", device=run_device)
+        encoder, info = load_encoder(checkpoint, device=run_device)
         train_set = load_data_for(info, data_root=data_root, split="train")
     except ByolError as error:
         note = f"t-SNE map and retrieval grid skipped: {error}"

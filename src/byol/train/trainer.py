@@ -34,7 +34,7 @@ from ..errors import ConfigError
 from ..model import BYOL
 from ..optim import LARS, param_groups
 from ..plan import RunPlan, make_plan
-from ..run_folder import RunFolder
+from ..run_folder import RunFolder, config_changes
 from ..runtime import (
     AUTOCAST_DTYPES,
     keep_freed_memory,
@@ -43,7 +43,7 @@ from ..runtime import (
     resolve_precision,
 )
 from ..schedules import target_decay, warmup_cosine_lr
-from ..state import TrainState
+from ..state import TrainState, read_state
 from .batches import index_batches
 from .loop import RunLoop, RunResult
 from .session import LogWindow, raise_if_weights_nonfinite
@@ -60,10 +60,19 @@ class Trainer(RunLoop):
     performs one optimizer step.
     """
 
-    def __init__(self, config: TrainConfig, *, show_progress: bool | None = None) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        show_progress: bool | None = None,
+        resume: str | Path | None = None,
+    ) -> None:
         from .. import distributed
 
         self.config = config
+        # None: resume the run folder when it holds a checkpoint, else start. "latest": the
+        # folder's newest valid checkpoint, which must exist. A path: that checkpoint file.
+        self.resume = resume
         self.dist = distributed.current(config.device)
         self.is_main = self.dist.rank == 0
         self.out = Path(config.out)
@@ -225,13 +234,10 @@ class Trainer(RunLoop):
         return state.step
 
     def _restore_latest(self, checkpoints: CheckpointManager) -> int:
-        """Resume from the run folder's newest valid checkpoint; returns the step (0: none)."""
+        """Resume as ``resume`` asks (see ``__init__``); returns the step (0: a fresh start)."""
         start_step = 0
-        if checkpoints.exists():
-            payload, path, problems = checkpoints.load_latest(map_location=self.device)
-            for problem in problems:
-                warnings.warn(f"{problem}; falling back to an older checkpoint", stacklevel=2)
-            state = TrainState.from_payload(payload, path)
+        state, path = self._state_to_resume(checkpoints)
+        if state is not None:
             if self.config.schedule_to_time_limit and state.total_steps:
                 # The plan so far, not --epochs' first estimate, continues the schedules.
                 self.set_total_steps(state.total_steps)
@@ -253,6 +259,36 @@ class Trainer(RunLoop):
                 f"{start_step}); every node must see the same run folder (a shared file system)"
             )
         return start_step
+
+    def _state_to_resume(
+        self, checkpoints: CheckpointManager
+    ) -> tuple[TrainState | None, Path | None]:
+        if self.resume not in (None, "latest"):
+            path = Path(self.resume).expanduser()
+            if path.is_dir():
+                raise ConfigError(
+                    f"--resume {path} is a folder; give a checkpoint file, or --resume alone "
+                    "to continue the run folder (--out)"
+                )
+            state = read_state(path, map_location=self.device)
+            detail = config_changes(state.config, self.config)
+            if detail:
+                raise ConfigError(
+                    f"--resume {path} was trained with a different config ({detail}); resume it "
+                    "with the settings it was made with"
+                )
+            return state, path
+        if not checkpoints.exists():
+            if self.resume == "latest":
+                raise ConfigError(
+                    f"--resume: the run folder {self.out} has no checkpoint to resume from; run "
+                    "without --resume to start a new run there"
+                )
+            return None, None
+        payload, path, problems = checkpoints.load_latest(map_location=self.device)
+        for problem in problems:
+            warnings.warn(f"{problem}; falling back to an older checkpoint", stacklevel=3)
+        return TrainState.from_payload(payload, path), path
 
     def _checkpoint(self, done: int, checkpoints: CheckpointManager, window: LogWindow) -> None:
         window.raise_if_nonfinite(self.dist, checkpoints)
@@ -279,6 +315,12 @@ def _mark(mark: Callable[[str], None] | None, stage: str) -> None:
         mark(stage)
 
 
-def train(config: TrainConfig, *, show_progress: bool | None = None) -> RunResult:
-    """Run (or resume) the training described by ``config``."""
-    return Trainer(config, show_progress=show_progress).fit()
+def train(
+    config: TrainConfig, *, show_progress: bool | None = None, resume: str | Path | None = None
+) -> RunResult:
+    """Run (or resume) the training described by ``config``.
+
+    ``resume``: None resumes the run folder when it holds a checkpoint (else starts it);
+    ``"latest"`` requires that checkpoint; a path resumes from that checkpoint file.
+    """
+    return Trainer(config, show_progress=show_progress, resume=resume).fit()
