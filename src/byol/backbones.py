@@ -1,19 +1,36 @@
-"""Encoder builders: torchvision's ResNets and small convnets for CPU-scale runs.
+"""Encoder builders: torchvision's ResNets, small convnets for CPU-scale runs, and any timm model.
 
 ``build(name)`` returns ``(encoder, feature_dim)`` where the encoder maps (B, C, H, W) images
-to (B, feature_dim) representations, the classifier removed. Any other ``nn.Module`` works
-with :class:`byol.BYOL` directly.
+to (B, feature_dim) representations, the classifier removed. ``timm:NAME`` builds
+``timm.create_model(NAME, num_classes=0, pretrained=False, in_chans=C)`` (ViT-style models with
+``img_size`` set to the view size and ``dynamic_img_size=True``, so that evaluation at another
+size works); its feature dimension is the model's ``num_features``. Any other ``nn.Module``
+works with :class:`byol.BYOL` directly.
 """
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from torch import nn
 
 from .errors import ConfigError
 
-__all__ = ["ARCHITECTURES", "ConvNet", "adapt_resnet", "build", "default_small_images"]
+__all__ = [
+    "ARCHITECTURES",
+    "TIMM_PREFIX",
+    "ConvNet",
+    "adapt_resnet",
+    "build",
+    "check_arch",
+    "default_small_images",
+    "timm_kwargs",
+]
+
+#: ``--arch timm:NAME`` builds timm's model NAME.
+TIMM_PREFIX = "timm:"
 
 _TORCHVISION_RESNETS = (
     "resnet18",
@@ -109,17 +126,69 @@ def default_small_images(image_size: int) -> bool:
     return image_size <= 64
 
 
-def build(name: str, *, small_images: bool = False, in_channels: int = 3) -> tuple[nn.Module, int]:
-    """Build encoder ``name`` (see ``ARCHITECTURES``) without its classifier.
+def build(
+    name: str,
+    *,
+    small_images: bool = False,
+    in_channels: int = 3,
+    image_size: int | None = None,
+) -> tuple[nn.Module, int]:
+    """Build encoder ``name`` (see ``ARCHITECTURES``, or ``timm:NAME``) without its classifier.
 
     Returns ``(encoder, feature_dim)``. ``small_images`` swaps a ResNet's stem for the
     CIFAR-style 3×3 stride-1 convolution without max-pool; ``in_channels`` adapts the stem to
-    grayscale (1) or other inputs. Weights are randomly initialised (nothing is downloaded).
+    grayscale (1) or other inputs; ``image_size`` (the training views' side) sizes the position
+    embedding of timm's ViT-style models. Weights are randomly initialised (nothing is
+    downloaded).
     """
-    if name not in _BUILDERS:
-        raise ConfigError(
-            f"unknown architecture {name!r}; choose one of: {', '.join(ARCHITECTURES)}"
-        )
+    check_arch(name)
     if in_channels < 1:
         raise ConfigError(f"in_channels must be >= 1, got {in_channels}")
+    if name.startswith(TIMM_PREFIX):
+        return _timm(name[len(TIMM_PREFIX) :], in_channels=in_channels, image_size=image_size)
     return _BUILDERS[name](small_images, in_channels)
+
+
+def check_arch(name: str) -> None:
+    """Raise :class:`ConfigError` unless ``name`` is one of ``ARCHITECTURES`` or ``timm:NAME``
+    with a model timm knows (with the closest names when it does not)."""
+    if name.startswith(TIMM_PREFIX):
+        timm = _import_timm()
+        model = name[len(TIMM_PREFIX) :]
+        if not timm.is_model(model):
+            close = difflib.get_close_matches(model, timm.list_models(), n=3)
+            hint = f" (did you mean {', '.join(TIMM_PREFIX + c for c in close)}?)" if close else ""
+            raise ConfigError(f"arch {name!r}: timm has no model {model!r}{hint}")
+        return
+    if name not in _BUILDERS:
+        raise ConfigError(
+            f"unknown architecture {name!r}; choose one of: {', '.join(ARCHITECTURES)}, or "
+            "timm:NAME for any timm model"
+        )
+
+
+def timm_kwargs(model: Any, *, in_channels: int, image_size: int | None) -> dict[str, Any]:
+    """The ``timm.create_model`` keyword arguments byol uses for ``model`` (a timm module or
+    its name): no classifier, random weights, ``in_chans``, and for ViT-style models the view
+    size with dynamic image sizes."""
+    kwargs: dict[str, Any] = {"num_classes": 0, "in_chans": in_channels}
+    if image_size and hasattr(model, "patch_embed"):
+        kwargs.update(img_size=image_size, dynamic_img_size=True)
+    return kwargs
+
+
+def _import_timm():
+    try:
+        import timm
+    except ImportError:  # pragma: no cover - timm is a dependency
+        raise ConfigError("--arch timm:NAME needs the timm package: pip install timm") from None
+    return timm
+
+
+def _timm(name: str, *, in_channels: int, image_size: int | None) -> tuple[nn.Module, int]:
+    timm = _import_timm()
+    model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_channels)
+    kwargs = timm_kwargs(model, in_channels=in_channels, image_size=image_size)
+    if "img_size" in kwargs:  # rebuilt with the position embedding of the view size
+        model = timm.create_model(name, pretrained=False, **kwargs)
+    return model, int(model.num_features)

@@ -20,7 +20,12 @@ __all__ = ["random_init_encoder", "train_supervised"]
 
 
 def random_init_encoder(
-    arch: str, *, small_images: bool, in_channels: int, seed: int = 0
+    arch: str,
+    *,
+    small_images: bool,
+    in_channels: int,
+    seed: int = 0,
+    image_size: int | None = None,
 ) -> nn.Module:
     """An untrained encoder of ``arch``, initialised from ``seed``: the baseline BYOL must beat.
 
@@ -30,7 +35,9 @@ def random_init_encoder(
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        encoder, _ = backbones.build(arch, small_images=small_images, in_channels=in_channels)
+        encoder, _ = backbones.build(
+            arch, small_images=small_images, in_channels=in_channels, image_size=image_size
+        )
     return encoder
 
 

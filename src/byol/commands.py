@@ -149,6 +149,7 @@ def _run_export(args: argparse.Namespace) -> int:
     print(f"byol: weights         {result.weights} ({result.layout} layout, "
           f"{result.num_tensors} tensors, {result.num_parameters:,} parameters)")  # fmt: skip
     print(f"byol: metadata        {result.sidecar}")
+    print(f"byol: load with       {meta['load']}")
     print(f"byol: encoder         {meta['arch']} small_images={meta['small_images']} "
           f"in_channels={meta['in_channels']} feature_dim={meta['feature_dim']} "
           f"image_size={meta['image_size']}")  # fmt: skip
@@ -160,15 +161,17 @@ def register_export(commands: Any) -> None:
         "export", help="export the online encoder to .safetensors (+ JSON metadata)",
         description="Write the online encoder's weights with safetensors. torchvision format "
         "(ResNets): the keys of the torchvision model without fc, for "
-        "load_state_dict(strict=True) after fc = nn.Identity() and the same stem; byol format: "
-        "the state_dict of byol.backbones.build(arch, ...) (any architecture). Metadata goes "
-        "in the file header and in a sidecar OUT-stem.json.",
+        "load_state_dict(strict=True) after fc = nn.Identity() and the same stem; timm format "
+        "(timm:NAME): the keys timm.create_model(NAME, num_classes=0) loads; byol format: "
+        "the state_dict of byol.backbones.build(arch, ...) (any architecture); auto: the "
+        "first that applies. Metadata, with a line of Python that loads the file, goes in the "
+        "file header and in a sidecar OUT-stem.json.",
     )  # fmt: skip
     _add_run(parser)
     parser.add_argument("--out", required=True, metavar="FILE.safetensors",
                         help="weights file to write")  # fmt: skip
-    parser.add_argument("--format", choices=("torchvision", "byol"), default="torchvision",
-                        help="key layout (default: torchvision)")  # fmt: skip
+    parser.add_argument("--format", choices=("auto", "torchvision", "timm", "byol"),
+                        default="auto", help="key layout (default: auto)")  # fmt: skip
     parser.set_defaults(handler=_run_export)
 
 

@@ -74,7 +74,11 @@ class TrainConfig:
         resumable=True,
     )
     # model
-    arch: str = key("convnet", "encoder architecture (see byol.backbones.ARCHITECTURES)", "model")
+    arch: str = key(
+        "convnet",
+        "encoder architecture (byol.backbones.ARCHITECTURES, or timm:NAME for any timm model)",
+        "model",
+    )
     small_images: bool | None = key(
         None, "CIFAR-style ResNet stem (default: automatic for images <= 64 px)", "model"
     )
@@ -232,11 +236,10 @@ def _unknown_key(name: str, where: str, valid: Sequence[str]) -> ConfigError:
 
 
 def _check(config: TrainConfig) -> None:
-    from .backbones import ARCHITECTURES
+    from .backbones import check_arch
 
     check_values(config)
-    if config.arch not in ARCHITECTURES:
-        raise ConfigError(f"arch must be one of {', '.join(ARCHITECTURES)}; got {config.arch!r}")
+    check_arch(config.arch)
     if config.preset is not None and config.preset not in PRESETS:
         raise ConfigError(f"preset must be one of {', '.join(PRESETS)}; got {config.preset!r}")
     if config.batch_size % config.accumulate:

@@ -191,7 +191,8 @@ def run_evaluation(
     encoders: list[tuple[str, nn.Module | None]] = [("byol", encoder)]
     if "random-init" in baselines:
         baseline = random_init_encoder(info.arch, small_images=info.small_images,
-                                       in_channels=info.in_channels, seed=seed)  # fmt: skip
+                                       in_channels=info.in_channels, seed=seed,
+                                       image_size=info.view_size)  # fmt: skip
         encoders.append(("random-init", baseline.to(run_device).eval()))
     if "pixels" in baselines:
         encoders.append(("pixels", None))

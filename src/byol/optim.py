@@ -102,8 +102,13 @@ class LARS(Optimizer):
 
 
 def is_excluded_from_lars(name: str, parameter: torch.Tensor, module: nn.Module) -> bool:
-    """Biases, normalisation parameters and any other ≤1-d parameter skip decay and trust ratio."""
-    return isinstance(module, _NORM_TYPES) or name.endswith("bias") or parameter.ndim <= 1
+    """Biases, normalisation parameters and any other ≤1-d parameter skip decay and trust ratio,
+    and so do the parameters a module lists in ``no_weight_decay()`` (timm's convention: a
+    ViT's position embedding and class / distillation / register tokens)."""
+    if isinstance(module, _NORM_TYPES) or name.endswith("bias") or parameter.ndim <= 1:
+        return True
+    listed = getattr(module, "no_weight_decay", None)
+    return callable(listed) and name in set(listed())
 
 
 def param_groups(

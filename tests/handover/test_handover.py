@@ -133,9 +133,28 @@ def test_byol_format_export_round_trips_a_convnet(convnet_checkpoint, digits_tes
 
 def test_torchvision_format_refuses_a_convnet(convnet_checkpoint, tmp_path, capsys):
     out = tmp_path / "x.safetensors"
-    assert main(["export", "--checkpoint", str(convnet_checkpoint), "--out", str(out)]) == 2
-    assert "--format byol" in capsys.readouterr().err
+    argv = ["export", str(convnet_checkpoint), "--out", str(out), "--format", "torchvision"]
+    assert main(argv) == 2
+    assert "--format auto or byol" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_export_defaults_work_for_the_default_preset(tmp_path, capsys):
+    """The default preset's encoder (convnet-512) exports with every default, and loads back."""
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "fashion-mnist", "--data", "digits", "--image-size", "8",
+                 "--eval-image-size", "8", "--max-steps", "1", "--batch-size", "32",
+                 "--knn-every", "0", "--no-tensorboard", "--out", str(run)]) == 0  # fmt: skip
+    out = tmp_path / "encoder.safetensors"
+    assert main(["export", str(run), "--out", str(out)]) == 0
+    assert "byol layout" in capsys.readouterr().out
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar["arch"] == "convnet-512" and sidecar["layout"] == "byol"
+    assert sidecar["load"] == 'byol.handover.load_exported("encoder.safetensors")'
+    reloaded, info = load_exported(out)  # strict
+    assert info.arch == "convnet-512" and info.image_size == 8
+    encoder, _ = load_encoder(run)
+    assert all(torch.equal(reloaded.state_dict()[k], v) for k, v in encoder.state_dict().items())
 
 
 def test_embed_writes_features_and_labels_in_dataset_order(

@@ -6,8 +6,13 @@ Two layouts:
   architecture without ``fc``; :func:`torchvision_encoder` builds the model that receives them
   (``fc`` = ``nn.Identity``, the stem adapted as in training; see docs/evaluation.md for the
   same in a few lines of plain torchvision).
+- ``timm`` (``timm:NAME`` architectures): the module's own keys, which
+  ``timm.create_model(NAME, num_classes=0, ...)`` loads strictly (the sidecar's ``load`` line
+  has the keyword arguments).
 - ``byol``: the ``state_dict`` of the module ``byol.backbones.build(arch, ...)`` returns;
   works for every architecture, the small convnets included.
+
+``auto`` (the default) picks the first that applies.
 
 :func:`load_exported` reads either layout back.
 """
@@ -31,14 +36,17 @@ __all__ = [
     "EXPORT_LAYOUTS",
     "TORCHVISION_ARCHS",
     "ExportResult",
+    "auto_layout",
     "export_encoder",
     "load_exported",
+    "load_line",
     "read_export_metadata",
     "sidecar_path",
     "torchvision_encoder",
 ]
 
-EXPORT_LAYOUTS: tuple[str, ...] = ("torchvision", "byol")
+#: ``auto`` picks torchvision for torchvision ResNets, timm for ``timm:`` models, byol otherwise.
+EXPORT_LAYOUTS: tuple[str, ...] = ("auto", "torchvision", "timm", "byol")
 # The architectures whose byol module is a torchvision ResNet with ``fc`` replaced.
 TORCHVISION_ARCHS: frozenset[str] = frozenset(
     name
@@ -99,16 +107,43 @@ def _parse_header(header: dict[str, str]) -> dict[str, Any]:
     return parsed
 
 
+def auto_layout(arch: str) -> str:
+    """The layout ``--format auto`` writes for ``arch``."""
+    if arch in TORCHVISION_ARCHS:
+        return "torchvision"
+    return "timm" if arch.startswith(backbones.TIMM_PREFIX) else "byol"
+
+
+def load_line(info: EncoderInfo, layout: str, weights: str, encoder: nn.Module) -> str:
+    """One line of Python that loads an export of ``encoder`` in ``layout`` into the library
+    it is for."""
+    load = f'safetensors.torch.load_file("{weights}")'
+    if layout == "timm":
+        name = info.arch[len(backbones.TIMM_PREFIX) :]
+        options = backbones.timm_kwargs(
+            encoder, in_channels=info.in_channels, image_size=info.view_size
+        )
+        arguments = ", ".join(f"{k}={v!r}" for k, v in options.items())
+        return f'timm.create_model("{name}", {arguments}).load_state_dict({load}, strict=True)'
+    if layout == "torchvision":
+        return (f"byol.handover.torchvision_encoder({info.arch!r}, small_images="
+                f"{info.small_images}, in_channels={info.in_channels})"
+                f".load_state_dict({load}, strict=True)")  # fmt: skip
+    return f'byol.handover.load_exported("{weights}")'
+
+
 def export_encoder(
-    checkpoint: str | Path, out: str | Path, *, layout: str = "torchvision"
+    checkpoint: str | Path, out: str | Path, *, layout: str = "auto"
 ) -> ExportResult:
     """Export the online encoder of ``checkpoint`` to ``out`` (``.safetensors``) + sidecar JSON.
 
     ``layout="torchvision"`` (ResNets only) writes the keys of the torchvision model without
-    ``fc``; ``layout="byol"`` the keys of the ``byol.backbones.build`` module (any
-    architecture). The metadata (arch, small_images, in_channels, feature_dim, mean, std,
-    image_size, byol_version, layout, ...) goes both in the safetensors header and in
-    ``<stem>.json``.
+    ``fc``; ``"timm"`` (``timm:`` models) the keys of ``timm.create_model(NAME, num_classes=0,
+    ...)``, which are the module's own; ``"byol"`` the keys of the ``byol.backbones.build``
+    module (any architecture); ``"auto"`` (the default) the first of these that applies. The
+    metadata (arch, small_images, in_channels, feature_dim, mean, std, image_size,
+    byol_version, layout, and ``load``: one line of Python that loads the file) goes both in the
+    safetensors header and in ``<stem>.json``.
     """
     from safetensors.torch import save_file
 
@@ -118,10 +153,17 @@ def export_encoder(
     if out.suffix != ".safetensors":
         raise ConfigError(f"--out {out} must end in .safetensors")
     encoder, info = load_encoder(checkpoint)
+    if layout == "auto":
+        layout = auto_layout(info.arch)
     if layout == "torchvision" and info.arch not in TORCHVISION_ARCHS:
         raise ConfigError(
             f"--format torchvision needs a ResNet architecture but {info.source} holds a "
-            f"{info.arch!r} encoder; use --format byol"
+            f"{info.arch!r} encoder; use --format auto or byol"
+        )
+    if layout == "timm" and not info.arch.startswith(backbones.TIMM_PREFIX):
+        raise ConfigError(
+            f"--format timm needs a timm:NAME architecture but {info.source} holds a "
+            f"{info.arch!r} encoder; use --format auto or byol"
         )
     # safetensors wants contiguous, unshared tensors; channels-last training leaves some strided.
     state = {key: value.detach().cpu().contiguous().clone() for key, value in
@@ -139,7 +181,8 @@ def export_encoder(
                 f"missing {missing[:5]}, unexpected {unexpected[:5]}"
             )
     # data_root / folder_image_size describe the training machine's files, not the encoder.
-    metadata = {**info.to_dict(), "layout": layout}
+    load = load_line(info, layout, out.name, encoder)
+    metadata = {**info.to_dict(), "layout": layout, "load": load}
     metadata = {key: value for key, value in metadata.items()
                 if value is not None and key not in ("data_root", "folder_image_size")}  # fmt: skip
     sidecar = sidecar_path(out)
@@ -203,8 +246,9 @@ def load_exported(
         layout = metadata.get("layout", "byol")
         if layout == "torchvision":
             encoder = torchvision_encoder(arch, small_images=small_images, in_channels=in_channels)
-        else:
-            encoder, _ = backbones.build(arch, small_images=small_images, in_channels=in_channels)
+        else:  # the byol and timm layouts are both the keys of the module byol builds
+            encoder, _ = backbones.build(arch, small_images=small_images, in_channels=in_channels,
+                                         image_size=metadata.get("view_size"))  # fmt: skip
         encoder.load_state_dict(load_file(str(path)), strict=True)
         known = {name for name in EncoderInfo.__dataclass_fields__ if name != "extra"}
         fields = {key: value for key, value in metadata.items() if key in known}

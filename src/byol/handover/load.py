@@ -47,6 +47,8 @@ class EncoderInfo:
     std: tuple[float, ...]
     image_size: int
     byol_version: str = "unknown"
+    # The training views' side (sizes the position embedding of ViT-style timm models).
+    view_size: int | None = None
     # Where the encoder came from; used as defaults by eval / embed / report.
     data: str | None = None
     data_root: str | None = None
@@ -109,8 +111,9 @@ def load_encoder(
         raise CheckpointError(f"checkpoint {path} has no config['arch']")
     try:
         encoder, feature_dim = backbones.build(
-            arch, small_images=plan.small_images, in_channels=plan.channels
-        )
+            arch, small_images=plan.small_images, in_channels=plan.channels,
+            image_size=plan.view_size,
+        )  # fmt: skip
     except ConfigError as error:
         raise CheckpointError(f"checkpoint {path}: {error}") from None
     weights = state.encoder_state()
@@ -127,7 +130,7 @@ def load_encoder(
     info = EncoderInfo(
         arch=arch, small_images=plan.small_images, in_channels=plan.channels,
         feature_dim=int(feature_dim), mean=plan.mean, std=plan.std, image_size=plan.image_size,
-        byol_version=state.byol_version, data=config.get("data"),
+        byol_version=state.byol_version, view_size=plan.view_size, data=config.get("data"),
         data_root=config.get("data_root"), folder_image_size=config.get("folder_image_size"),
         step=state.step, source=str(path),
     )  # fmt: skip

@@ -106,8 +106,9 @@ class Trainer(RunLoop):
         # Same seed, same initial weights on every rank (and in a resumed run's first build).
         torch.manual_seed(config.seed)
         encoder, feature_dim = backbones.build(
-            config.arch, small_images=plan.small_images, in_channels=plan.channels
-        )
+            config.arch, small_images=plan.small_images, in_channels=plan.channels,
+            image_size=plan.view_size,
+        )  # fmt: skip
         self.model = BYOL(
             encoder, feature_dim=feature_dim, hidden_dim=config.hidden_dim,
             projection_dim=config.projection_dim,
