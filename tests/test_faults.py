@@ -512,7 +512,7 @@ def test_garbage_numpy_file_is_a_data_error(tmp_path):
         (["--preset", "imagenet-5"], "argument --preset: invalid choice: 'imagenet-5' (choose"),
         (["--augment", "sepia"], "argument --augment: invalid choice: 'sepia' (choose from"),
         (["--holdout", "5000"], "holdout (5000) must be smaller than the dataset (1437)"),
-        (["--tensorboard", "false"], "unrecognized arguments: false"),
+        (["--tensorboard", "maybe"], "argument --tensorboard: expected true or false, got 'maybe'"),
         (["--config", "/nonexistent/run.yaml"], "cannot read config file /nonexistent/run.yaml"),
     ],
 )

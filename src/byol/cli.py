@@ -11,11 +11,37 @@ import os
 import sys
 import typing
 from collections.abc import Sequence
+from types import MappingProxyType
 from typing import Any
 
 from .config import TrainConfig
 
-__all__ = ["add_config_arguments", "build_parser", "main"]
+__all__ = ["BooleanFlag", "add_config_arguments", "build_parser", "main"]
+
+
+class BooleanFlag(argparse.Action):
+    """``--flag`` (true), ``--flag true|false`` and ``--no-flag`` (false) for a boolean key."""
+
+    _VALUES = MappingProxyType({"1": True, "true": True, "yes": True, "on": True,
+                                "0": False, "false": False, "no": False, "off": False})  # fmt: skip
+
+    def __init__(self, option_strings, dest, default=None, help=None) -> None:
+        negated = ["--no-" + s[2:] for s in option_strings if s.startswith("--")]
+        super().__init__([*option_strings, *negated], dest, nargs="?", default=default,
+                         help=help, metavar="true|false")  # fmt: skip
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if option_string and option_string.startswith("--no-"):
+            if values is not None:
+                parser.error(f"argument {option_string}: takes no value, got {values!r}")
+            setattr(namespace, self.dest, False)
+            return
+        if values is None:
+            setattr(namespace, self.dest, True)
+            return
+        if values.lower() not in self._VALUES:
+            parser.error(f"argument {option_string}: expected true or false, got {values!r}")
+        setattr(namespace, self.dest, self._VALUES[values.lower()])
 
 
 def add_config_arguments(
@@ -28,8 +54,9 @@ def add_config_arguments(
     """One flag per field of ``config_class`` (or of ``names``), from the field's metadata
     (:func:`byol.config.key`): help, choices, flag name, and an argument group per group.
 
-    Booleans get ``--flag/--no-flag``. Without ``with_defaults`` every flag defaults to None,
-    so only the flags given on the command line override the config.
+    Booleans get ``--flag [true|false]`` and ``--no-flag`` (:class:`BooleanFlag`). Without
+    ``with_defaults`` every flag defaults to None, so only the flags given on the command line
+    override the config.
     """
     from .config_keys import key_info
 
@@ -49,7 +76,7 @@ def add_config_arguments(
         default = info["default"] if with_defaults else None
         if is_bool:
             groups[group].add_argument(flag, dest=name, default=default, help=help_text,
-                                       action=argparse.BooleanOptionalAction)  # fmt: skip
+                                       action=BooleanFlag)  # fmt: skip
         else:
             groups[group].add_argument(
                 flag, dest=name, default=default, help=help_text, metavar=name.upper(),

@@ -96,6 +96,18 @@ class TrainConfig:
         "model",
         low=4,
     )
+    init_weights: str | None = key(
+        None,
+        "initialise the online encoder (and so the target) from this file before training: "
+        ".safetensors, a torch state dict, a byol checkpoint or export (continued pre-training)",
+        "model",
+    )
+    init_strict: bool = key(
+        True,
+        "refuse --init-weights files with missing, unexpected or mismatched keys (false: load "
+        "what fits and warn)",
+        "model",
+    )
     hidden_dim: int = key(4096, "hidden width of the projector and predictor", "model", low=1)
     projection_dim: int = key(256, "output width of the projector and predictor", "model", low=1)
     augment: str = key(

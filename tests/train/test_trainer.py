@@ -118,7 +118,7 @@ def test_config_file_and_overrides(tmp_path):
         (["--base-lr", "-1"], "base_lr must lie in"),
         (["--batch-size", "abc"], "batch_size must be an integer"),
         (["--precision", "fp8"], "invalid choice: 'fp8'"),
-        (["--arch", "resnet9000"], "arch must be one of"),
+        (["--arch", "resnet9000"], "unknown architecture 'resnet9000'; choose one of"),
         (["--data", "/nonexistent/folder"], "unknown dataset"),
         (["--data", "digits", "--batch-size", "5000"], "larger than the dataset"),
     ],

@@ -44,6 +44,7 @@ from ..runtime import (
 )
 from ..schedules import target_decay, warmup_cosine_lr
 from ..state import TrainState, read_state
+from ..warm_start import load_init_weights
 from .batches import index_batches
 from .loop import RunLoop, RunResult
 from .session import LogWindow, raise_if_weights_nonfinite
@@ -109,6 +110,8 @@ class Trainer(RunLoop):
             config.arch, small_images=plan.small_images, in_channels=plan.channels,
             image_size=plan.view_size,
         )  # fmt: skip
+        if config.init_weights:  # before BYOL copies the encoder into the target
+            load_init_weights(encoder, config.init_weights, strict=config.init_strict)
         self.model = BYOL(
             encoder, feature_dim=feature_dim, hidden_dim=config.hidden_dim,
             projection_dim=config.projection_dim,
