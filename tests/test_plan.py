@@ -36,9 +36,13 @@ def test_schedule_lengths():
         plan_of({"batch_size": 2000}, num_items=1000)
 
 
-def test_views_apply_crop_min_scale_and_round_trip():
-    plan = plan_of({"augment": "imagenet"})
-    view1, view2 = plan.views(0.3)
+def test_views_apply_crop_min_scale_and_overrides_and_round_trip():
+    assert plan_of({"augment": "imagenet"}).views() == PRESETS["imagenet"]
+    plan = plan_of({"augment": "imagenet", "crop_min_scale": 0.3,
+                    "augment_view2": {"solarize_prob": 0.0, "blur_sigma": [0.5, 1.0]}})  # fmt: skip
+    view1, view2 = plan.views()
     assert view1.crop_scale == view2.crop_scale == (0.3, 1.0)
-    assert plan.views() == PRESETS["imagenet"]
-    assert RunPlan.from_dict(plan.to_dict()) == plan
+    assert view2.solarize_prob == 0.0 and view2.blur_sigma == (0.5, 1.0)
+    assert view1.solarize_prob == PRESETS["imagenet"][0].solarize_prob
+    again = RunPlan.from_dict(plan.to_dict())
+    assert again.views() == plan.views()

@@ -87,6 +87,11 @@ def add_config_arguments(
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, TrainConfig)
     parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="set any config key, value read as YAML; augment.view1.NAME / augment.view2.NAME "
+        "set one augmentation of one view (e.g. --set augment.view2.solarize_prob=0.0)",
+    )  # fmt: skip
+    parser.add_argument(
         "--resume", nargs="?", const="latest", default=None, metavar="PATH",
         help="continue the run folder (--out) from its newest valid checkpoint (exit 2 if it "
         "has none), or from the checkpoint file PATH; without --resume a run folder that holds "
@@ -118,13 +123,14 @@ def _run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     overrides = {
         key: value
         for key, value in vars(args).items()
-        if key not in ("command", "nproc", "config", "handler", "resume") and value is not None
+        if key not in ("command", "nproc", "config", "handler", "resume", "set")
+        and value is not None
     }
     if args.nproc and args.nproc > 1:
         from .ddp import launch_local
 
         return launch_local(args.nproc, list(argv))
-    config = load_config(args.config, overrides)
+    config = load_config(args.config, overrides, sets=args.set)
     result = train(config, resume=args.resume)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0

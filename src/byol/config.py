@@ -38,6 +38,7 @@ __all__ = [
     "key_info",
     "load_config",
     "resolve",
+    "set_options",
 ]
 
 
@@ -115,6 +116,17 @@ class TrainConfig:
         "augmentation preset (auto chooses by dataset and size)",
         "model",
         choices=("auto", "imagenet", "cifar", "fashion-mnist"),
+    )
+    augment_view1: dict[str, Any] = key(  # noqa: RUF009 (key() makes a default_factory)
+        {},
+        "overrides of view 1's augmentations, any field of byol.augment.ViewConfig (e.g. "
+        "--set augment.view1.blur_prob=0.5, or a YAML block augment: {view1: {...}})",
+        "model",
+    )
+    augment_view2: dict[str, Any] = key(  # noqa: RUF009
+        {},
+        "overrides of view 2's augmentations (e.g. --set augment.view2.solarize_prob=0.0)",
+        "model",
     )
     crop_min_scale: float | None = key(
         None,
@@ -254,6 +266,7 @@ def _check(config: TrainConfig) -> None:
     check_arch(config.arch)
     if config.preset is not None and config.preset not in PRESETS:
         raise ConfigError(f"preset must be one of {', '.join(PRESETS)}; got {config.preset!r}")
+    _check_view_overrides(config)
     if config.batch_size % config.accumulate:
         raise ConfigError(
             f"batch_size ({config.batch_size}) must be divisible by "
@@ -266,6 +279,74 @@ def _check(config: TrainConfig) -> None:
         )
     if not config.device == "auto" and not config.device.startswith(("cpu", "cuda", "mps")):
         raise ConfigError(f"device must be auto, cpu, cuda[:N] or mps; got {config.device!r}")
+
+
+def _check_view_overrides(config: TrainConfig) -> None:
+    """Every override names a :class:`~byol.augment.ViewConfig` field and has a valid value."""
+    from .augment.views import ViewConfig
+
+    fields = [f.name for f in dataclasses.fields(ViewConfig)]
+    for view in ("view1", "view2"):
+        overrides = getattr(config, f"augment_{view}")
+        for name in overrides:
+            if name not in fields:
+                close = difflib.get_close_matches(str(name), fields, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(
+                    f"unknown augmentation setting augment.{view}.{name}{hint}; valid: "
+                    f"{', '.join(fields)}"
+                )
+        try:
+            dataclasses.replace(ViewConfig(), **overrides)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"augment.{view}: {error}") from None
+        except ConfigError as error:
+            raise ConfigError(f"augment.{view}: {error}") from None
+
+
+def set_options(items: Sequence[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items as overrides: values are read as YAML (``0.5``, ``true``,
+    ``[0.2, 1.0]``), and ``augment.view1.NAME`` / ``augment.view2.NAME`` go into the views'
+    override mappings."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        name, equals, text = item.partition("=")
+        if not equals or not name:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set base_lr=0.4")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        parts = name.replace("-", "_").split(".")
+        if len(parts) == 3 and parts[0] == "augment" and parts[1] in ("view1", "view2"):
+            overrides.setdefault(f"augment_{parts[1]}", {})[parts[2]] = value
+        elif len(parts) == 1:
+            overrides[parts[0]] = value
+        else:
+            raise ConfigError(
+                f"--set {item!r}: dotted keys are augment.view1.NAME or augment.view2.NAME"
+            )
+    return overrides
+
+
+def _flatten_augment(loaded: dict[str, Any], where: str) -> dict[str, Any]:
+    """A YAML ``augment:`` block (``{preset: NAME, view1: {...}, view2: {...}}``) as the flat
+    keys ``augment``, ``augment_view1`` and ``augment_view2``."""
+    block = loaded.get("augment")
+    if not isinstance(block, dict):
+        return loaded
+    unknown = set(block) - {"preset", "view1", "view2"}
+    if unknown:
+        raise ConfigError(
+            f"{where}: the augment block takes preset, view1 and view2; got {sorted(unknown)}"
+        )
+    flat = {k: v for k, v in loaded.items() if k != "augment"}
+    if "preset" in block:
+        flat["augment"] = block["preset"]
+    for view in ("view1", "view2"):
+        if view in block:
+            flat[f"augment_{view}"] = {**flat.get(f"augment_{view}", {}), **(block[view] or {})}
+    return flat
 
 
 def resolve(values: dict[str, Any], where: str = "overrides") -> TrainConfig:
@@ -292,9 +373,13 @@ DERIVED_SECTION = "plan"
 
 
 def load_config(
-    path: str | Path | None = None, overrides: dict[str, Any] | None = None
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    sets: Sequence[str] = (),
 ) -> TrainConfig:
-    """Read a YAML file (flat mapping of keys) and apply ``overrides`` on top of it.
+    """Read a YAML file (flat mapping of keys), apply ``overrides`` on top of it, then the
+    ``--set KEY=VALUE`` items ``sets`` (:func:`set_options`).
 
     A run folder's ``config.yaml`` works as input too: its derived ``plan`` section is ignored.
     """
@@ -312,10 +397,16 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of keys to values")
         loaded.pop(DERIVED_SECTION, None)
+        loaded = _flatten_augment(loaded, str(path))
         for name in loaded:
             if name not in _INFO:
                 raise _unknown_key(str(name), str(path), list(_INFO))
         values.update(loaded)
         values["config"] = str(path)
-    values.update(overrides or {})
+    for layer in (overrides or {}, set_options(sets)):
+        for name, value in layer.items():
+            # Mappings of overrides merge: --set augment.view2.x=... keeps the file's others.
+            if isinstance(value, dict) and isinstance(values.get(name), dict):
+                value = {**values[name], **value}
+            values[name] = value
     return resolve(values, where=str(path) if path else "overrides")

@@ -17,6 +17,8 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
+import yaml
+
 from .errors import ConfigError
 
 __all__ = ["check_values", "coerce", "key", "key_info"]
@@ -39,15 +41,18 @@ def key(
     metadata = {"help": help, "group": group, "choices": tuple(choices) if choices else None,
                 "range": (low, high) if low is not None or high is not None else None,
                 "resumable": resumable, "flag": flag}  # fmt: skip
+    if isinstance(default, dict) and not default:  # an empty mapping of overrides
+        return dataclasses.field(default_factory=dict, metadata=metadata)
     if isinstance(default, list | dict | set):
-        raise TypeError("config defaults must be immutable")
+        raise TypeError("config defaults must be immutable (or an empty dict)")
     return dataclasses.field(default=default, metadata=metadata)
 
 
 def key_info(cls: type) -> dict[str, dict[str, Any]]:
     """Each field of the config dataclass ``cls``: its metadata plus ``type`` and ``default``."""
     hints = typing.get_type_hints(cls)
-    return {f.name: {**f.metadata, "type": hints[f.name], "default": f.default}
+    return {f.name: {**f.metadata, "type": hints[f.name],
+                     "default": {} if f.default_factory is dict else f.default}
             for f in dataclasses.fields(cls)}  # fmt: skip
 
 
@@ -80,6 +85,15 @@ def coerce(name: str, value: Any, annotation: Any) -> Any:
             return float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if origin is dict or annotation is dict:
+        if isinstance(value, str):  # a YAML mapping on the command line
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                value = None
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} must be a mapping of keys to values, got {value!r}")
+        return dict(value)
     if annotation is str:
         if not isinstance(value, str | int | float) or isinstance(value, bool):
             raise ConfigError(f"{name} must be a string, got {value!r}")

@@ -20,7 +20,7 @@ from .backbones import default_small_images
 from .config import TrainConfig
 from .errors import ConfigError
 
-__all__ = ["RunPlan", "augment_preset", "make_plan"]
+__all__ = ["RunPlan", "augment_preset", "make_plan", "resolve_views"]
 
 
 @dataclass(frozen=True)
@@ -43,10 +43,18 @@ class RunPlan:
     total_steps: int | None = None
     warmup_steps: int | None = None
     peak_lr: float | None = None
+    # The two views' resolved augmentation settings (ViewConfig fields), the preset with the
+    # config's crop_min_scale and augment.view1 / augment.view2 overrides applied.
+    view_configs: tuple[dict[str, Any], dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values["mean"], values["std"] = list(self.mean), list(self.std)
+        if self.view_configs is not None:  # plain lists for YAML
+            values["view_configs"] = [
+                {k: list(v) if isinstance(v, tuple) else v for k, v in view.items()}
+                for view in self.view_configs
+            ]
         return values
 
     @classmethod
@@ -55,17 +63,30 @@ class RunPlan:
         fields = {k: v for k, v in values.items() if k in known}
         fields["mean"] = tuple(float(v) for v in fields["mean"])
         fields["std"] = tuple(float(v) for v in fields["std"])
+        if fields.get("view_configs") is not None:
+            fields["view_configs"] = tuple(dict(view) for view in fields["view_configs"])
         return cls(**fields)
 
-    def views(self, crop_min_scale: float | None = None) -> tuple[ViewConfig, ViewConfig]:
-        """The two views' augmentation settings: the preset, with ``crop_min_scale`` applied."""
-        views = AUGMENT_PRESETS[self.augment]
-        if crop_min_scale is None:
-            return views
-        return tuple(  # type: ignore[return-value]
-            dataclasses.replace(view, crop_scale=(crop_min_scale, view.crop_scale[1]))
-            for view in views
-        )
+    def views(self) -> tuple[ViewConfig, ViewConfig]:
+        """The two views' augmentation settings (the preset alone in plans of byol < 0.2)."""
+        if self.view_configs is None:
+            return AUGMENT_PRESETS[self.augment]
+        first, second = (ViewConfig(**view) for view in self.view_configs)
+        return first, second
+
+
+def resolve_views(
+    preset: str,
+    crop_min_scale: float | None = None,
+    overrides: tuple[dict[str, Any], dict[str, Any]] = ({}, {}),
+) -> tuple[ViewConfig, ViewConfig]:
+    """The preset's two views with ``crop_min_scale`` and each view's overrides applied."""
+    views = []
+    for view, changes in zip(AUGMENT_PRESETS[preset], overrides, strict=True):
+        if crop_min_scale is not None:
+            view = dataclasses.replace(view, crop_scale=(crop_min_scale, view.crop_scale[1]))
+        views.append(dataclasses.replace(view, **changes))
+    return views[0], views[1]
 
 
 def augment_preset(config: TrainConfig, view_size: int) -> str:
@@ -111,11 +132,15 @@ def make_plan(
             f"batch_size ({config.batch_size}) is larger than the dataset ({usable} "
             "images); use --batch-size <= the number of images"
         )
+    preset = augment_preset(config, view_size)
+    views = resolve_views(preset, config.crop_min_scale,
+                          (config.augment_view1, config.augment_view2))  # fmt: skip
     return RunPlan(
         view_size=view_size, image_size=image_size, small_images=bool(small_images),
-        augment=augment_preset(config, view_size), channels=channels,
+        augment=preset, channels=channels,
         mean=tuple(mean), std=std, steps_per_epoch=steps_per_epoch,
         total_steps=max(1, math.ceil(config.epochs * steps_per_epoch)),
         warmup_steps=round(config.warmup_epochs * steps_per_epoch),
         peak_lr=config.base_lr * config.batch_size / 256,
+        view_configs=tuple(dataclasses.asdict(view) for view in views),
     )  # fmt: skip

@@ -118,9 +118,7 @@ class Trainer(RunLoop):
         ).to(self.device)  # fmt: skip
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.augment = BYOLAugment(
-            plan.views(config.crop_min_scale), plan.view_size, mean=plan.mean, std=plan.std
-        )
+        self.augment = BYOLAugment(plan.views(), plan.view_size, mean=plan.mean, std=plan.std)
         self.optimizer = LARS(
             param_groups(self.model, config.weight_decay), lr=0.0, momentum=config.momentum,
             trust_coefficient=config.trust_coefficient,
