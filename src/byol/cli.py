@@ -144,7 +144,10 @@ def _run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if result.loss is not None:
         print(f"byol: final loss      {result.loss:.4f}")
     if result.knn_top1 is not None:
-        print(f"byol: k-NN top-1      {100 * result.knn_top1:.2f}%")
+        print(
+            f"byol: k-NN top-1      {100 * result.knn_top1:.2f}% ({result.knn_of}; "
+            "byol eval's k-NN uses the whole training split as its bank)"
+        )
     return 0
 
 

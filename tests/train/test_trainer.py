@@ -58,6 +58,13 @@ def test_training_runs_epoch_and_reports_knn(tmp_path):
     assert result.knn_top1 is not None and 0.3 < result.knn_top1 <= 1.0
     records = [json.loads(x) for x in (tmp_path / "knn" / "metrics.jsonl").read_text().splitlines()]
     assert sum("knn_top1" in r for r in records) == 1
+    # The printed k-NN says what it is of: digits has 1437 training and 360 test images.
+    assert result.knn_of == (
+        "k=200, T=0.1; bank: 1437 of the pre-training images; queries: the 360 images of the "
+        "test split"
+    )
+    summary = json.loads((tmp_path / "knn" / "summary.json").read_text())
+    assert summary["knn_of"] == result.knn_of
 
 
 def test_interrupt_and_resume_is_exact(tmp_path):

@@ -39,6 +39,8 @@ class RunResult:
     knn_top1: float | None
     checkpoint: Path | None
     stopped_early: str | None = None
+    # What knn_top1 is of: k, temperature, the bank and the queries (see KnnMonitor.describe).
+    knn_of: str | None = None
 
 
 class RunLoop:
@@ -71,7 +73,8 @@ class RunLoop:
                 progress.close()
             if writer:
                 writer.close()
-        return self._finish(max(step, start_step), loss, knn_top1)
+        knn_of = monitor.describe() if monitor is not None and knn_top1 is not None else None
+        return self._finish(max(step, start_step), loss, knn_top1, knn_of)
 
     def _loop(
         self,
@@ -182,15 +185,18 @@ class RunLoop:
             self.stop_reason = f"time limit of {config.time_limit} min reached"
         return self.dist.any(self.stop_reason is not None)
 
-    def _finish(self, step: int, loss: float | None, knn_top1: float | None) -> RunResult:
+    def _finish(
+        self, step: int, loss: float | None, knn_top1: float | None, knn_of: str | None
+    ) -> RunResult:
         result = RunResult(
             out=self.out, step=step, total_steps=self.total_steps, loss=loss, knn_top1=knn_top1,
-            checkpoint=self.last_checkpoint, stopped_early=self.stop_reason,
+            checkpoint=self.last_checkpoint, stopped_early=self.stop_reason, knn_of=knn_of,
         )  # fmt: skip
         if self.is_main:
             self.folder.write_summary({
                 "step": result.step, "total_steps": result.total_steps, "loss": result.loss,
-                "knn_top1": result.knn_top1, "stopped_early": result.stopped_early,
+                "knn_top1": result.knn_top1, "knn_of": result.knn_of,
+                "stopped_early": result.stopped_early,
                 "checkpoint": str(result.checkpoint) if result.checkpoint else None,
                 "seconds": time.perf_counter() - self._run_start,
             })  # fmt: skip

@@ -34,6 +34,14 @@ class KnnMonitor:
     queries: ImageData
     k: int
     temperature: float
+    queries_from: str = "test split"
+
+    def describe(self) -> str:
+        """What the score is of, e.g. ``k=200, T=0.1; bank: 10000 of the training images;
+        queries: the 10000 images of the test split``."""
+        return (f"k={self.k}, T={self.temperature:g}; bank: {len(self.bank)} of the "
+                f"pre-training images; queries: the {len(self.queries)} images of the "
+                f"{self.queries_from}")  # fmt: skip
 
     def score(self, encoder: torch.nn.Module, *, mean, std, size: int, device) -> float:
         from ..evaluate import extract_features, knn_accuracy
@@ -58,7 +66,7 @@ def load_training_data(config: TrainConfig) -> tuple[ImageData, KnnMonitor | Non
     )  # fmt: skip
     if len(data) == 0:
         raise DataError(f"dataset {config.data!r} has no images")
-    queries = None
+    queries, queries_from = None, "test split"
     labeled = data.labels is not None and bool((data.labels >= 0).any())
     if config.holdout:
         if config.holdout >= len(data):
@@ -67,6 +75,7 @@ def load_training_data(config: TrainConfig) -> tuple[ImageData, KnnMonitor | Non
             )
         order = epoch_order(len(data), HOLDOUT_SEED, 0)
         queries = data.subset(order[-config.holdout :]) if labeled else None
+        queries_from = "holdout (--holdout, kept out of pre-training)"
         data = data.subset(order[: -config.holdout])
     elif labeled:
         with contextlib.suppress(DataError, ConfigError):
@@ -79,4 +88,4 @@ def load_training_data(config: TrainConfig) -> tuple[ImageData, KnnMonitor | Non
     candidates = torch.nonzero(data.labels >= 0).flatten()
     pick = candidates[epoch_order(len(candidates), BANK_SEED, 0)[: config.knn_bank_size]]
     bank = data.subset(pick.sort().values)
-    return data, KnnMonitor(bank, queries, config.knn_k, config.knn_temperature)
+    return data, KnnMonitor(bank, queries, config.knn_k, config.knn_temperature, queries_from)
