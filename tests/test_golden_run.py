@@ -3,7 +3,8 @@ before (``tests/data/golden_run.json``, recorded from the code as it was before 
 moved).
 
 The run is the README's main job (``--preset fashion-mnist``) cut to 20 steps on the sequential
-step. Bitwise equality only holds for the same kernels: the same torch version, CPU capability
+step, in fp32 (what ``--precision auto`` chose on the recording machine, which has no native
+bf16; on a machine with bf16, auto would train in bf16). Bitwise equality only holds for the same kernels: the same torch version, CPU capability
 (AVX2, AVX512, ...) and intra-op thread count as the recording. On another machine the test
 compares per-tensor sums instead, to a tolerance that 20 steps of drift between kernel
 families stay inside, and says so.
@@ -30,7 +31,7 @@ GOLDEN = Path(__file__).parent / "data" / "golden_run.json"
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 COMMAND = ["train", "--preset", "fashion-mnist", "--max-steps", "20", "--seed", "0",
            "--no-parallel-views", "--num-workers", "0", "--no-tensorboard",
-           "--checkpoint-every", "20"]  # fmt: skip
+           "--checkpoint-every", "20", "--precision", "fp32"]  # fmt: skip
 
 
 def weights_digest(state: dict[str, torch.Tensor]) -> str:

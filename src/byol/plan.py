@@ -46,6 +46,9 @@ class RunPlan:
     # The two views' resolved augmentation settings (ViewConfig fields), the preset with the
     # config's crop_min_scale and augment.view1 / augment.view2 overrides applied.
     view_configs: tuple[dict[str, Any], dict[str, Any]] | None = None
+    # The precision the run trains in, resolved from the config and the hardware at its start
+    # (a resumed run keeps it).
+    precision: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)

@@ -1,5 +1,10 @@
 """Runtime choices: which device, which precision, and how the CPU allocator behaves.
 
+Precision is chosen from what the hardware is, at run time: ``--precision auto`` is bf16
+autocast where bf16 is native (a CPU with AMX-BF16 or AVX512-BF16, a CUDA GPU with bf16) and
+fp32 elsewhere; the loss, its normalisation, the target EMA and LARS stay in fp32 whatever the
+precision.
+
 One place decides each of them for every command (training, evaluation, hand-over, the
 distributed launcher and ``byol bench``), so a ``--device`` means the same thing everywhere.
 """
@@ -16,7 +21,11 @@ from .errors import ConfigError
 
 __all__ = [
     "AUTOCAST_DTYPES",
+    "NATIVE_CPU_FLAGS",
+    "cpu_flags",
+    "describe_precision",
     "keep_freed_memory",
+    "native_precision",
     "precision_warning",
     "resolve_device",
     "resolve_precision",
@@ -60,23 +69,82 @@ def resolve_device(
     return torch.device("cuda", local_rank)
 
 
-def resolve_precision(name: str, device: torch.device) -> str:
-    """fp32 on CPU (no native bf16/fp16 there), bf16 on GPUs that support it."""
+# The CPU flags (as /proc/cpuinfo names them) that give each reduced precision native
+# matrix / vector instructions; without them oneDNN emulates the type in fp32 code paths.
+NATIVE_CPU_FLAGS = {"bf16": ("amx_bf16", "avx512_bf16"), "fp16": ("amx_fp16", "avx512_fp16")}
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags: /proc/cpuinfo, and torch's own AMX / AVX512-BF16 checks (which
+    also work where /proc is not readable)."""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith(("flags", "Features")):
+                    flags.update(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    checks = {"amx_bf16": "_is_amx_tile_supported", "avx512_bf16": "_is_avx512_bf16_supported",
+              "amx_fp16": "_is_amx_fp16_supported"}  # fmt: skip
+    for flag, check in checks.items():
+        function = getattr(torch.cpu, check, None)
+        if callable(function) and function():
+            flags.add(flag)
+    return frozenset(flags)
+
+
+def native_precision(
+    precision: str, device: torch.device, *, flags: frozenset[str] | None = None
+) -> bool:
+    """Whether ``device`` computes ``precision`` natively (fp32 always does). On a CPU: the
+    AMX or AVX-512 instructions of that type (``flags`` default: :func:`cpu_flags`); on CUDA:
+    bf16 where the GPU supports it, fp16 always."""
+    if precision not in AUTOCAST_DTYPES:
+        return True
+    if device.type == "cuda":
+        return precision == "fp16" or torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    present = cpu_flags() if flags is None else flags
+    return any(flag in present for flag in NATIVE_CPU_FLAGS[precision])
+
+
+def resolve_precision(
+    name: str, device: torch.device, *, flags: frozenset[str] | None = None
+) -> str:
+    """``auto``: bf16 where the hardware computes it natively (CPUs with AMX-BF16 or
+    AVX512-BF16, CUDA GPUs with bf16), fp32 elsewhere. Any other name is kept as it is."""
     if name != "auto":
         return name
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "fp32"
+    return "bf16" if native_precision("bf16", device, flags=flags) else "fp32"
 
 
-def precision_warning(precision: str, device: torch.device) -> str | None:
+def precision_warning(
+    precision: str, device: torch.device, *, flags: frozenset[str] | None = None
+) -> str | None:
     """A warning for a precision that runs in emulation on ``device``, else None."""
-    if precision in AUTOCAST_DTYPES and device.type == "cpu":
-        return (
-            f"precision {precision} on CPU runs in emulation here (often ~100x slower than "
-            "fp32); use --precision fp32 on CPU"
-        )
-    return None
+    if native_precision(precision, device, flags=flags):
+        return None
+    needed = " or ".join(f.upper() for f in NATIVE_CPU_FLAGS.get(precision, ()))
+    return (
+        f"precision {precision} runs in emulation on this {device.type} (no {needed}): often "
+        "many times slower than fp32; use --precision fp32 or auto here"
+    )
+
+
+def describe_precision(requested: str, precision: str, device: torch.device) -> str:
+    """One line for the start of a run: the precision and why, e.g. ``bf16 (auto: native bf16
+    on this cpu)``."""
+    if requested != "auto":
+        return f"{precision} (asked for)"
+    native = native_precision("bf16", device)
+    if (precision == "bf16") != native:
+        return f"{precision} (auto, kept from the run's start)"
+    if precision == "fp32":
+        return f"fp32 (auto: no native bf16 on this {device.type})"
+    return f"{precision} (auto: native {precision} on this {device.type})"
 
 
 _FREED_MEMORY_KEPT: bool | None = None

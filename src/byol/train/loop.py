@@ -8,6 +8,7 @@ loop with its logging window, k-NN monitor, checkpoints and stop conditions, the
 from __future__ import annotations
 
 import itertools
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 from ..checkpoint import CheckpointManager
 from ..data import ImageData
 from ..run_folder import MetricsWriter
+from ..runtime import describe_precision
 from ..schedules import target_decay
 from .monitor import KnnMonitor, load_training_data
 from .session import LogWindow, progress_bar, stop_on_sigterm
@@ -57,6 +59,9 @@ class RunLoop:
         self.dist.barrier()
         self._seconds_before, self._run_start = 0.0, None
         start_step = self._restore_latest(checkpoints)
+        if self.is_main:
+            precision = describe_precision(config.precision, self.precision, self.device)
+            print(f"byol: device {self.device}, precision {precision}", file=sys.stderr)
         writer = None
         if self.is_main:
             self.folder.write_config(config, self.plan.to_dict())

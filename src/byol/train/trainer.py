@@ -17,6 +17,7 @@ are read every ``log_every`` steps; the learning rate and τ are Python floats.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 import time
 import warnings
@@ -126,11 +127,16 @@ class Trainer(RunLoop):
         self.forward = self.dist.wrap(self.model) if self.dist.enabled else self.model
         if config.compile:
             self.forward = torch.compile(self.forward)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.autocast_dtype = AUTOCAST_DTYPES.get(self.precision)
+        self._set_precision(self.precision)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(config.seed * 7919 + 17 + self.dist.rank)
         self.set_total_steps(plan.total_steps)
+
+    def _set_precision(self, precision: str) -> None:
+        self.precision = precision
+        self.plan = dataclasses.replace(self.plan, precision=precision)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
+        self.autocast_dtype = AUTOCAST_DTYPES.get(precision)
 
     def set_total_steps(self, total_steps: int) -> None:
         """The schedules' length, and the step this invocation stops at (``max_steps`` may cut)."""
@@ -215,7 +221,15 @@ class Trainer(RunLoop):
         )  # fmt: skip
 
     def restore(self, state: TrainState) -> int:
-        """Continue from ``state``; returns its step."""
+        """Continue from ``state``; returns its step. Under ``--precision auto`` the run keeps
+        the precision it started with, whatever this machine would choose."""
+        started_in = state.plan.precision
+        if self.config.precision == "auto" and started_in and started_in != self.precision:
+            warning = precision_warning(started_in, self.device)
+            if self.is_main:
+                print(f"byol: the run started in {started_in}; continuing in {started_in}"
+                      + (f" ({warning})" if warning else ""), file=sys.stderr)  # fmt: skip
+            self._set_precision(started_in)
         self.model.load_state_dict(state.model)
         self.optimizer.load_state_dict(state.optimizer)
         if state.scaler:
