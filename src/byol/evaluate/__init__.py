@@ -9,6 +9,7 @@
   protocol, learning rate chosen on training data only) and :func:`select_learning_rate`;
 * :mod:`byol.evaluate.augmented` - :func:`linear_probe_augmented`, the probe trained on
   freshly augmented images every epoch;
+* :mod:`byol.evaluate.rankme` - :func:`rankme`, the label-free effective rank of embeddings;
 * :mod:`byol.evaluate.table` - :func:`format_results_table`.
 """
 
@@ -17,6 +18,7 @@ from .checks import topk_accuracy
 from .features import extract_features, pixel_features
 from .knn import knn_accuracy, knn_predict
 from .linear import PAPER_LEARNING_RATES, linear_probe, select_learning_rate
+from .rankme import rankme
 from .table import format_results_table
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "linear_probe",
     "linear_probe_augmented",
     "pixel_features",
+    "rankme",
     "select_learning_rate",
     "topk_accuracy",
 ]

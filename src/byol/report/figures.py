@@ -63,10 +63,15 @@ def plot_training_curves(steps: list[dict], path: Path) -> Path:
     return path
 
 
-def plot_monitors(steps: list[dict], knn: list[dict], path: Path) -> Path:
-    """k-NN top-1 over epochs (left) and the collapse metric over steps (right)."""
-    figure = _figure(10.0, 3.8)
-    left, right = figure.subplots(1, 2)
+def plot_monitors(steps: list[dict], monitors: list[dict], path: Path) -> Path:
+    """k-NN top-1 over epochs (left), the collapse metric over steps (middle) and RankMe of
+    the representations and projections over epochs (right, when logged)."""
+    knn = [r for r in monitors if "knn_top1" in r]
+    ranks = [r for r in monitors if "rankme" in r]
+    figure = _figure(15.0 if ranks else 10.0, 3.8)
+    left, right, *rest = figure.subplots(1, 3 if ranks else 2)
+    if rest:
+        _plot_rankme(rest[0], ranks)
     if knn:
         epochs = np.asarray([r.get("epoch", r["step"]) for r in knn], dtype=float)
         top1 = 100 * np.asarray([r["knn_top1"] for r in knn], dtype=float)
@@ -98,6 +103,19 @@ def plot_monitors(steps: list[dict], knn: list[dict], path: Path) -> Path:
     right.legend(loc="lower right", fontsize=8)
     figure.savefig(path)
     return path
+
+
+def _plot_rankme(axis, records: list[dict]) -> None:
+    epochs = np.asarray([r.get("epoch", r["step"]) for r in records], dtype=float)
+    for key, label, colour in (("rankme", "representations", "tab:green"),
+                               ("rankme_projection", "projections", "tab:olive")):  # fmt: skip
+        values = [r.get(key) for r in records]
+        if all(isinstance(v, int | float) for v in values):
+            _plot_series(axis, epochs, np.asarray(values, dtype=float), color=colour, label=label)
+    axis.set_title("RankMe (effective rank, label-free)")
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("RankMe")
+    axis.legend(loc="lower right", fontsize=8)
 
 
 def _label_names(classes: list[str] | None, labels: np.ndarray) -> dict[int, str]:

@@ -11,8 +11,9 @@ __all__ = ["read_json", "read_metrics"]
 def read_metrics(path: str | Path) -> tuple[list[dict], list[dict], int]:
     """Parse ``metrics.jsonl``: ``(step_records, knn_records, unreadable_lines)``.
 
-    Step records carry ``loss``; k-NN records ``knn_top1``. Steps logged twice (a run resumed
-    from an older checkpoint re-logs them) keep their last record. Both lists are sorted by step.
+    Step records carry ``loss``; monitor records ``knn_top1`` and / or ``rankme``. Steps
+    logged twice (a run resumed from an older checkpoint re-logs them) keep their last record.
+    Both lists are sorted by step.
     """
     steps: dict[int, dict] = {}
     knn: dict[int, dict] = {}
@@ -34,7 +35,7 @@ def read_metrics(path: str | Path) -> tuple[list[dict], list[dict], int]:
             continue
         if "loss" in record:
             steps[int(record["step"])] = record
-        if "knn_top1" in record:
+        if "knn_top1" in record or "rankme" in record:
             knn[int(record["step"])] = record
     return [steps[s] for s in sorted(steps)], [knn[s] for s in sorted(knn)], bad
 

@@ -171,15 +171,21 @@ class RunLoop:
             and (done // self.plan.steps_per_epoch) % every == 0
         )  # fmt: skip
 
-    def _run_monitor(self, monitor: KnnMonitor, step: int, writer: MetricsWriter | None) -> float:
+    def _run_monitor(
+        self, monitor: KnnMonitor, step: int, writer: MetricsWriter | None
+    ) -> float | None:
+        """The monitors at ``step``: one metrics record; returns the k-NN top-1 (None
+        without labels)."""
         plan = self.plan
-        top1 = monitor.score(self.model.online_encoder, mean=plan.mean, std=plan.std,
-                             size=plan.image_size, device=self.device)  # fmt: skip
+        scores = monitor.score(self.model, mean=plan.mean, std=plan.std, size=plan.image_size,
+                               device=self.device)  # fmt: skip
         if writer:
-            writer.write({"step": step, "epoch": step / plan.steps_per_epoch, "knn_top1": top1,
-                          "knn_bank": len(monitor.bank),
-                          "knn_queries": len(monitor.queries)})  # fmt: skip
-        return top1
+            record = {"step": step, "epoch": step / plan.steps_per_epoch, **scores,
+                      "knn_bank": len(monitor.bank)}  # fmt: skip
+            if monitor.queries is not None:
+                record["knn_queries"] = len(monitor.queries)
+            writer.write(record)
+        return scores.get("knn_top1")
 
     def _stop_requested(self, done: int) -> bool:
         """Whether any rank wants to stop after step ``done`` (signal or time limit)."""

@@ -1,10 +1,12 @@
-"""The data of a training run and its k-NN monitor.
+"""The data of a training run and its monitors: k-NN top-1 and RankMe.
 
-:func:`load_training_data` loads the pre-training split and, for labelled data, the monitor's
-memory bank (at most ``knn_bank_size`` labelled training images) and queries (the test split,
-or ``holdout`` images held out of pre-training). :class:`KnnMonitor` scores the online
-encoder's features of the queries against the bank's with the weighted k-NN of
-:mod:`byol.evaluate`, at the end of every ``knn_every``-th epoch.
+:func:`load_training_data` loads the pre-training split and the monitor's memory bank: at most
+``knn_bank_size`` pre-training images (labelled ones when there are labels), with the test
+split or ``holdout`` images held out of pre-training as k-NN queries. :class:`KnnMonitor`,
+at the end of every ``knn_every``-th epoch, scores the online encoder's features of the
+queries against the bank's with the weighted k-NN of :mod:`byol.evaluate`, and computes the
+label-free RankMe (:func:`byol.evaluate.rankme`) of the bank's representations and of their
+projections. Unlabelled data gets RankMe alone.
 """
 
 from __future__ import annotations
@@ -31,30 +33,54 @@ class KnnMonitor:
     """k-NN top-1 of the queries against the bank, both encoded by the online encoder."""
 
     bank: ImageData
-    queries: ImageData
+    queries: ImageData | None
     k: int
     temperature: float
     queries_from: str = "test split"
 
     def describe(self) -> str:
-        """What the score is of, e.g. ``k=200, T=0.1; bank: 10000 of the training images;
-        queries: the 10000 images of the test split``."""
+        """What the k-NN score is of, e.g. ``k=200, T=0.1; bank: 10000 of the training
+        images; queries: the 10000 images of the test split``."""
+        if self.queries is None:
+            return f"RankMe only (no labels); bank: {len(self.bank)} of the pre-training images"
         return (f"k={self.k}, T={self.temperature:g}; bank: {len(self.bank)} of the "
                 f"pre-training images; queries: the {len(self.queries)} images of the "
                 f"{self.queries_from}")  # fmt: skip
 
-    def score(self, encoder: torch.nn.Module, *, mean, std, size: int, device) -> float:
-        from ..evaluate import extract_features, knn_accuracy
+    @torch.no_grad()
+    def score(self, model: torch.nn.Module, *, mean, std, size: int, device) -> dict[str, float]:
+        """``knn_top1`` (with labels), ``rankme`` of the bank's representations and
+        ``rankme_projection`` of their online projections."""
+        from ..evaluate import knn_accuracy, rankme
 
-        bank_features, query_features = (
-            extract_features(encoder, part.images, mean=mean, std=std, size=size, device=device)
-            for part in (self.bank, self.queries)
-        )
-        result = knn_accuracy(
-            bank_features, self.bank.labels, query_features, self.queries.labels,
-            k=self.k, temperature=self.temperature,
-        )  # fmt: skip
-        return float(result["top1"])
+        bank = _features(model.online_encoder, self.bank, mean, std, size, device)
+        projector = model.online_projector
+        was_training = projector.training
+        projector.eval()
+        try:
+            projections = projector(bank.to(device)).float().cpu()
+        finally:
+            projector.train(was_training)
+        result = {"rankme": rankme(bank), "rankme_projection": rankme(projections)}
+        if self.queries is not None:
+            queries = _features(model.online_encoder, self.queries, mean, std, size, device)
+            knn = knn_accuracy(bank, self.bank.labels, queries, self.queries.labels, k=self.k,
+                               temperature=self.temperature)  # fmt: skip
+            result["knn_top1"] = float(knn["top1"])
+        return result
+
+
+def _features(encoder, data: ImageData, mean, std, size, device) -> torch.Tensor:
+    """Frozen features of every image of ``data``; a streamed folder is decoded in pieces."""
+    from ..evaluate import extract_features
+
+    options = {"mean": mean, "std": std, "size": size, "device": device}
+    if data.images is not None:
+        return extract_features(encoder, data.images, **options)
+    order = torch.arange(len(data))
+    pieces = [order[i : i + 1024] for i in range(0, len(order), 1024)]
+    return torch.cat([extract_features(encoder, images, **options)
+                      for images in data.batches(pieces, num_workers=0)])  # fmt: skip
 
 
 def load_training_data(config: TrainConfig) -> tuple[ImageData, KnnMonitor | None]:
@@ -83,9 +109,10 @@ def load_training_data(config: TrainConfig) -> tuple[ImageData, KnnMonitor | Non
                 config.data, root=config.data_root, split="test",
                 image_size=config.folder_image_size, strict=config.strict,
             )  # fmt: skip
-    if queries is None or not labeled:
-        return data, None
-    candidates = torch.nonzero(data.labels >= 0).flatten()
+    if labeled and queries is not None:
+        candidates = torch.nonzero(data.labels >= 0).flatten()
+    else:  # RankMe alone, on unlabelled images
+        candidates, queries = torch.arange(len(data)), None
     pick = candidates[epoch_order(len(candidates), BANK_SEED, 0)[: config.knn_bank_size]]
     bank = data.subset(pick.sort().values)
     return data, KnnMonitor(bank, queries, config.knn_k, config.knn_temperature, queries_from)
