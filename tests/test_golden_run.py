@@ -4,8 +4,9 @@ moved).
 
 The run is the README's main job (``--preset fashion-mnist``) cut to 20 steps on the sequential
 step, in fp32 (what ``--precision auto`` chose on the recording machine, which has no native
-bf16; on a machine with bf16, auto would train in bf16). Bitwise equality only holds for the same kernels: the same torch version, CPU capability
-(AVX2, AVX512, ...) and intra-op thread count as the recording. On another machine the test
+bf16; on a machine with bf16, auto would train in bf16). Bitwise equality only holds for the
+same kernels: the same torch version, CPU capability (AVX2, AVX512, ...) and intra-op thread
+count as the recording. On another machine the test
 compares per-tensor sums instead, to a tolerance that 20 steps of drift between kernel
 families stay inside, and says so.
 

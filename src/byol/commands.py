@@ -58,6 +58,7 @@ def _add_checkpoint_and_data(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
+    from .evaluation_run import protocol_label as _protocol_label
     from .evaluation_run import results_table, run_evaluation
 
     result = run_evaluation(
@@ -67,6 +68,13 @@ def _run_eval(args: argparse.Namespace) -> int:
     )  # fmt: skip
     if args.json:
         print(json.dumps(result))
+        return 0
+    if result["protocol"] == "rankme":
+        row = result["rows"][0]
+        print(f"{result['dataset']}: checkpoint step {result['step']}; "
+              f"{_protocol_label(row)}")  # fmt: skip
+        if "written_to" in result:
+            print(f"written to {result['written_to']}")
         return 0
     sizes = result["split_sizes"]
     held_out = f" ({sizes['val']} of them held out for the learning rate)" if sizes["val"] else ""
@@ -87,8 +95,9 @@ def register_eval(commands: Any) -> None:
         "protocol. Results also go to RUN/eval.json.",
     )  # fmt: skip
     _add_checkpoint_and_data(parser)
-    parser.add_argument("--protocol", choices=("linear", "knn", "all"), default="all",
-                        help="evaluation protocol (default: all)")  # fmt: skip
+    parser.add_argument("--protocol", choices=("linear", "knn", "all", "rankme"), default="all",
+                        help="evaluation protocol; rankme: the label-free effective rank of "
+                        "the features (default: all)")  # fmt: skip
     parser.add_argument("--baseline", action="append", choices=("random-init", "pixels"),
                         metavar="{random-init,pixels}",
                         help="also evaluate this baseline (repeatable)")  # fmt: skip
@@ -216,9 +225,61 @@ def register_report(commands: Any) -> None:
     parser.set_defaults(handler=_run_report)
 
 
+# ------------------------------------------------------------------------------------ select
+
+
+def _run_select(args: argparse.Namespace) -> int:
+    from .selection import select_checkpoints
+
+    result = select_checkpoints(
+        args.runs, metric=args.metric, data=args.data, data_root=args.data_root,
+        samples=args.samples, seed=args.seed, batch_size=args.batch_size, device=args.device,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print("| rank | checkpoint | step | RankMe (representations) | RankMe (projections) |")
+    print("|---:|---|---:|---:|---:|")
+    for rank, row in enumerate(result["ranked"], 1):
+        projection = row["rankme_projection"]
+        print(f"| {rank} | {row['checkpoint']} | {row['step']} | {row['rankme']:.2f} | "
+              + (f"{projection:.2f} |" if projection is not None else "— |"))  # fmt: skip
+    print(f"\nbest by {result['metric']}: {result['best']['checkpoint']}")
+    return 0
+
+
+def register_select(commands: Any) -> None:
+    parser = commands.add_parser(
+        "select", help="rank checkpoints or runs without labels (RankMe) and name the best",
+        description="Compute RankMe (the entropy-based effective rank of the online encoder's "
+        "representations, Garrido et al. 2023) of every checkpoint of each RUN (a run folder: "
+        "last.pt and the numbered checkpoints kept by --keep-checkpoints; or a checkpoint "
+        "file) on the same fixed subset of training images, rank them and name the best. "
+        "No labels are used.",
+    )  # fmt: skip
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders or checkpoint files")
+    parser.add_argument("--metric", choices=("rankme", "rankme_projection"), default="rankme",
+                        help="rank by the representations' or the projections' RankMe "
+                        "(default: rankme)")  # fmt: skip
+    parser.add_argument("--samples", type=int, default=25_600, metavar="N",
+                        help="training images RankMe is computed on (default: 25600, as the "
+                        "paper)")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="seed of the image subset")
+    parser.add_argument("--data", default=None, metavar="NAME", help=_DATA_HELP)
+    parser.add_argument("--data-root", default=None, metavar="DIR",
+                        help="folder holding the dataset files")  # fmt: skip
+    parser.add_argument("--device", default=None, metavar="DEVICE",
+                        help="cpu, cuda, cuda:1 ... (default: cuda when available)")  # fmt: skip
+    parser.add_argument("--batch-size", type=int, default=512, metavar="N",
+                        help="images per encoder forward pass (default: 512)")  # fmt: skip
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(handler=_run_select)
+
+
 COMMANDS: list[tuple[str, Any]] = [
     ("eval", register_eval),
     ("embed", register_embed),
     ("export", register_export),
     ("report", register_report),
+    ("select", register_select),
 ]

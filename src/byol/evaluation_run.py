@@ -46,9 +46,17 @@ from .handover import (
 )
 from .runtime import resolve_device
 
-__all__ = ["BASELINES", "KNN_KS", "PROTOCOLS", "eval_file_name", "results_table", "run_evaluation"]
+__all__ = [
+    "BASELINES",
+    "KNN_KS",
+    "PROTOCOLS",
+    "eval_file_name",
+    "protocol_label",
+    "results_table",
+    "run_evaluation",
+]
 
-PROTOCOLS: tuple[str, ...] = ("linear", "knn", "all")
+PROTOCOLS: tuple[str, ...] = ("linear", "knn", "all", "rankme")
 BASELINES: tuple[str, ...] = ("random-init", "pixels")
 KNN_KS: tuple[int, ...] = (200, 20)
 KNN_TEMPERATURE = 0.1
@@ -167,6 +175,10 @@ def run_evaluation(
         "learning_rate", "seconds", ...}`` (k-NN rows add ``k`` and ``temperature``).
     """
     _check_arguments(protocol, baselines, epochs)
+    if protocol == "rankme":
+        return _rankme_evaluation(checkpoint, data=data, data_root=data_root, seed=seed,
+                                  device=device, batch_size=batch_size,
+                                  write_run_file=write_run_file)  # fmt: skip
     started = time.perf_counter()
     run_device = resolve_device(device)
     checkpoint = resolve_checkpoint(checkpoint)
@@ -211,6 +223,35 @@ def run_evaluation(
         "num_classes": num_classes, "top1": first["top1"], "top5": first["top5"],
         "learning_rate": first["learning_rate"], "seconds": time.perf_counter() - started,
         "rows": rows,
+    }  # fmt: skip
+    run_folder = run_folder_of(checkpoint)
+    if write_run_file and run_folder is not None:
+        target = run_folder / eval_file_name(name, info.data)
+        result["written_to"] = str(_write_run_file(target, result))
+    return result
+
+
+def _rankme_evaluation(checkpoint, *, data, data_root, seed, device, batch_size,
+                       write_run_file) -> dict[str, Any]:  # fmt: skip
+    """``--protocol rankme``: the label-free score of the checkpoint (no labels needed)."""
+    from .selection import checkpoint_rankme
+
+    started = time.perf_counter()
+    checkpoint = resolve_checkpoint(checkpoint)
+    score = checkpoint_rankme(checkpoint, data=data, data_root=data_root, seed=seed,
+                              device=device, batch_size=batch_size)  # fmt: skip
+    _, info = load_encoder(checkpoint)
+    name = str(data if data is not None else info.data)
+    row = {"name": "byol", "protocol": "rankme", "top1": None, "top5": None,
+           "learning_rate": None, "rankme": score["rankme"],
+           "rankme_projection": score["rankme_projection"], "samples": score["samples"],
+           "seconds": time.perf_counter() - started}  # fmt: skip
+    result = {
+        "checkpoint": str(checkpoint), "step": info.step, "arch": info.arch, "dataset": name,
+        "protocol": "rankme", "augmented": False, "seed": seed,
+        "split_sizes": {"train": score["samples"], "val": 0, "test": 0}, "top1": None,
+        "top5": None, "learning_rate": None, "rankme": score["rankme"],
+        "seconds": row["seconds"], "rows": [row],
     }  # fmt: skip
     run_folder = run_folder_of(checkpoint)
     if write_run_file and run_folder is not None:
@@ -318,7 +359,12 @@ def _write_run_file(path: Path, result: dict[str, Any]) -> Path:
     return path
 
 
-def _protocol_label(row: dict[str, Any]) -> str:
+def protocol_label(row: dict[str, Any]) -> str:
+    if row.get("protocol") == "rankme":
+        projection = row.get("rankme_projection")
+        return f"RankMe {row.get('rankme', 0):.1f} on {row.get('samples')} images (label-free" + (
+            f"; projections {projection:.1f})" if projection is not None else ")"
+        )
     if row.get("protocol") == "knn":
         return f"k-NN (k={row.get('k')}, T={row.get('temperature', KNN_TEMPERATURE):g})"
     if row.get("protocol") == "linear-augmented":
@@ -330,11 +376,11 @@ def results_table(result: dict[str, Any]) -> str:
     """The Markdown table of an evaluation result (rows sorted by protocol, then name)."""
     from .evaluate import format_results_table
 
-    order = {"linear": 0, "linear-augmented": 1, "knn": 2}
+    order = {"linear": 0, "linear-augmented": 1, "knn": 2, "rankme": 3}
     names = {"byol": 0, "random-init": 1, "pixels": 2}
     rows = sorted(
         result.get("rows", []),
         key=lambda r: (order.get(r.get("protocol"), 9), -(r.get("k") or 0),
                        names.get(r.get("name"), 9)),
     )  # fmt: skip
-    return format_results_table([{**row, "protocol": _protocol_label(row)} for row in rows])
+    return format_results_table([{**row, "protocol": protocol_label(row)} for row in rows])
