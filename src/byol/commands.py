@@ -65,6 +65,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         _run_of(args), data=args.data, data_root=args.data_root, protocol=args.protocol,
         baselines=args.baseline or (), augmented=args.augmented, epochs=args.epochs,
         seed=args.seed, device=args.device, batch_size=args.batch_size, quiet=args.json,
+        label_fractions=args.label_fraction,
     )  # fmt: skip
     if args.json:
         print(json.dumps(result))
@@ -95,17 +96,25 @@ def register_eval(commands: Any) -> None:
         "protocol. Results also go to RUN/eval.json.",
     )  # fmt: skip
     _add_checkpoint_and_data(parser)
-    parser.add_argument("--protocol", choices=("linear", "knn", "all", "rankme"), default="all",
+    parser.add_argument("--protocol", choices=("linear", "knn", "all", "rankme", "finetune"),
+                        default="all",
                         help="evaluation protocol; rankme: the label-free effective rank of "
-                        "the features (default: all)")  # fmt: skip
-    parser.add_argument("--baseline", action="append", choices=("random-init", "pixels"),
-                        metavar="{random-init,pixels}",
-                        help="also evaluate this baseline (repeatable)")  # fmt: skip
+                        "the features; finetune: the whole encoder + a linear head trained on "
+                        "--label-fraction of the labels (default: all)")  # fmt: skip
+    parser.add_argument("--baseline", action="append",
+                        choices=("random-init", "pixels", "scratch"),
+                        metavar="{random-init,pixels,scratch}",
+                        help="also evaluate this baseline (repeatable; scratch: the same "
+                        "architecture trained from a random start, with finetune)")  # fmt: skip
+    parser.add_argument("--label-fraction", type=float, nargs="+", default=[0.01, 0.1],
+                        metavar="F", help="class-balanced fractions of the training labels "
+                        "for --protocol finetune (default: 0.01 0.1)")  # fmt: skip
     parser.add_argument("--augmented", action="store_true",
                         help="linear probe on augmented images (crop + flip) every epoch "
                         "instead of pre-computed features (slow on CPU)")  # fmt: skip
     parser.add_argument("--epochs", type=int, default=None,
-                        help="linear-probe epochs (default: 100, augmented 80)")  # fmt: skip
+                        help="linear-probe epochs (default: 100, augmented 80); with "
+                        "finetune, the most fine-tuning epochs tried (default: 30)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the held-out split, batches and random-init "
                         "(default: 0)")  # fmt: skip

@@ -56,8 +56,12 @@ __all__ = [
     "run_evaluation",
 ]
 
-PROTOCOLS: tuple[str, ...] = ("linear", "knn", "all", "rankme")
-BASELINES: tuple[str, ...] = ("random-init", "pixels")
+PROTOCOLS: tuple[str, ...] = ("linear", "knn", "all", "rankme", "finetune")
+BASELINES: tuple[str, ...] = ("random-init", "pixels", "scratch")
+#: The label fractions of ``--protocol finetune`` (the paper's 1% and 10%).
+LABEL_FRACTIONS: tuple[float, ...] = (0.01, 0.1)
+# The held-out part of the training split on which fine-tuning chooses rate and epochs.
+FINETUNE_VAL_FRACTION = 0.1
 KNN_KS: tuple[int, ...] = (200, 20)
 KNN_TEMPERATURE = 0.1
 EVAL_FILE = "eval.json"
@@ -150,6 +154,7 @@ def run_evaluation(
     batch_size: int = 512,
     write_run_file: bool = True,
     quiet: bool = False,
+    label_fractions: Sequence[float] = LABEL_FRACTIONS,
 ) -> dict[str, Any]:
     """Evaluate the online encoder of ``checkpoint`` (and ``baselines``) with ``protocol``.
 
@@ -175,6 +180,12 @@ def run_evaluation(
         "learning_rate", "seconds", ...}`` (k-NN rows add ``k`` and ``temperature``).
     """
     _check_arguments(protocol, baselines, epochs)
+    if protocol == "finetune":
+        return _finetune_evaluation(
+            checkpoint, data=data, data_root=data_root, baselines=baselines,
+            label_fractions=label_fractions, epochs=epochs, seed=seed, device=device,
+            write_run_file=write_run_file, quiet=quiet,
+        )  # fmt: skip
     if protocol == "rankme":
         return _rankme_evaluation(checkpoint, data=data, data_root=data_root, seed=seed,
                                   device=device, batch_size=batch_size,
@@ -231,6 +242,65 @@ def run_evaluation(
     return result
 
 
+def _finetune_evaluation(
+    checkpoint, *, data, data_root, baselines, label_fractions, epochs, seed, device,
+    write_run_file, quiet,
+) -> dict[str, Any]:  # fmt: skip
+    """``--protocol finetune``: the encoder (and ``scratch``, the same architecture from a
+    random start) fine-tuned on each class-balanced fraction of the training labels."""
+    from .evaluate.finetune import class_balanced_subset, finetune
+
+    started = time.perf_counter()
+    run_device = resolve_device(device)
+    checkpoint = resolve_checkpoint(checkpoint)
+    encoder, info = load_encoder(checkpoint, device=run_device)
+    name = str(data if data is not None else info.data)
+    train_set, test_set = (
+        _labelled(load_data_for(info, data, data_root=data_root, split=split), name, split)
+        for split in ("train", "test")
+    )
+    if train_set.images is None or test_set.images is None:
+        raise DataError(f"--protocol finetune needs {name!r} in memory; it is streamed")
+    # Held out first, then the labelled subsets from the rest: never the test split.
+    val_index = class_balanced_subset(train_set.labels, FINETUNE_VAL_FRACTION, seed=seed + 1)
+    encoders = [("byol", encoder)]
+    if "scratch" in baselines:
+        scratch = random_init_encoder(info.arch, small_images=info.small_images,
+                                      in_channels=info.in_channels, seed=seed,
+                                      image_size=info.view_size)  # fmt: skip
+        encoders.append(("scratch", scratch.to(run_device)))
+    rows = []
+    for fraction in label_fractions:
+        labelled = class_balanced_subset(train_set.labels, fraction, seed=seed, exclude=val_index)
+        parts = {"train": labelled, "val": val_index}
+        images = {k: train_set.images[v] for k, v in parts.items()} | {"test": test_set.images}
+        labels = {k: train_set.labels[v] for k, v in parts.items()} | {"test": test_set.labels}
+        for row_name, model in encoders:
+            result = finetune(model, info.feature_dim, images, labels, mean=info.mean,
+                              std=info.std, size=info.image_size, crop=_augmented_crop(info),
+                              seed=seed, device=run_device,
+                              **({"epochs": epochs} if epochs else {}))  # fmt: skip
+            rows.append({"name": row_name, "protocol": "finetune", "label_fraction": fraction,
+                         **{k: v for k, v in result.items() if k != "val_top1"},
+                         "val_top1_by_lr": result["val_top1"]})  # fmt: skip
+            _say(f"{row_name}: fine-tuned on {len(labelled)} labels ({100 * fraction:g}%): "
+                 f"top-1 {100 * result['top1']:.2f}% (lr {result['learning_rate']:g}, "
+                 f"{result['epochs']} epochs, {result['seconds']:.0f}s)", quiet)  # fmt: skip
+    first = rows[0]
+    result = {
+        "checkpoint": str(checkpoint), "step": info.step, "arch": info.arch, "dataset": name,
+        "protocol": "finetune", "augmented": True, "seed": seed,
+        "split_sizes": {"train": len(train_set), "val": len(val_index), "test": len(test_set)},
+        "top1": first["top1"], "top5": first["top5"], "learning_rate": first["learning_rate"],
+        "seconds": time.perf_counter() - started, "rows": rows,
+    }  # fmt: skip
+    run_folder = run_folder_of(checkpoint)
+    if write_run_file and run_folder is not None:
+        target = run_folder / eval_file_name(name, info.data)
+        result["written_to"] = str(_write_run_file(target, result))
+    return result
+
+
 def _rankme_evaluation(checkpoint, *, data, data_root, seed, device, batch_size,
                        write_run_file) -> dict[str, Any]:  # fmt: skip
     """``--protocol rankme``: the label-free score of the checkpoint (no labels needed)."""
@@ -266,6 +336,10 @@ def _check_arguments(protocol: str, baselines: Sequence[str], epochs: int | None
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
         raise ConfigError(f"unknown --baseline {unknown[0]!r}; choose from {', '.join(BASELINES)}")
+    if protocol == "finetune" and set(baselines) - {"scratch"}:
+        raise ConfigError("--protocol finetune compares with --baseline scratch only")
+    if protocol != "finetune" and "scratch" in baselines:
+        raise ConfigError("--baseline scratch goes with --protocol finetune")
     if epochs is not None and epochs < 1:
         raise ConfigError(f"--epochs must be >= 1, got {epochs}")
 
@@ -331,7 +405,7 @@ def eval_file_name(dataset: str, trained_on: str | None) -> str:
 
 
 def _row_key(row: dict[str, Any]) -> tuple[Any, ...]:
-    return row.get("name"), row.get("protocol"), row.get("k")
+    return row.get("name"), row.get("protocol"), row.get("k"), row.get("label_fraction")
 
 
 def _write_run_file(path: Path, result: dict[str, Any]) -> Path:
@@ -360,6 +434,11 @@ def _write_run_file(path: Path, result: dict[str, Any]) -> Path:
 
 
 def protocol_label(row: dict[str, Any]) -> str:
+    if row.get("protocol") == "finetune":
+        return (
+            f"fine-tuned, {100 * row.get('label_fraction', 0):g}% labels "
+            f"({row.get('n_train')} images, {row.get('epochs')} epochs)"
+        )
     if row.get("protocol") == "rankme":
         projection = row.get("rankme_projection")
         return f"RankMe {row.get('rankme', 0):.1f} on {row.get('samples')} images (label-free" + (
@@ -376,11 +455,11 @@ def results_table(result: dict[str, Any]) -> str:
     """The Markdown table of an evaluation result (rows sorted by protocol, then name)."""
     from .evaluate import format_results_table
 
-    order = {"linear": 0, "linear-augmented": 1, "knn": 2, "rankme": 3}
-    names = {"byol": 0, "random-init": 1, "pixels": 2}
+    order = {"linear": 0, "linear-augmented": 1, "knn": 2, "finetune": 3, "rankme": 4}
+    names = {"byol": 0, "scratch": 1, "random-init": 2, "pixels": 3}
     rows = sorted(
         result.get("rows", []),
         key=lambda r: (order.get(r.get("protocol"), 9), -(r.get("k") or 0),
-                       names.get(r.get("name"), 9)),
+                       r.get("label_fraction") or 0, names.get(r.get("name"), 9)),
     )  # fmt: skip
     return format_results_table([{**row, "protocol": protocol_label(row)} for row in rows])

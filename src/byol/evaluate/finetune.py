@@ -1,0 +1,180 @@
+"""Semi-supervised evaluation: fine-tune the whole encoder plus a linear head on a few labels.
+
+The paper's second protocol (Grill et al. 2020, section 4, "semi-supervised"): the pre-trained
+encoder and a linear classifier are trained together on a class-balanced 1% or 10% of the
+labelled training images, and compared with the same architecture trained from scratch on the
+same images with the same budget.
+
+* :func:`class_balanced_subset` draws the labelled images: ``round(fraction × n_c)`` of each
+  class c (at least one), fixed by the seed, so every method sees the same images.
+* :func:`finetune` trains with random crop + horizontal flip (:mod:`byol.augment.crops`), SGD
+  with Nesterov momentum 0.9 and a cosine learning rate per step. The learning rate and the
+  number of epochs are chosen on a held-out part of the *training* split (disjoint from the
+  labelled subset): every rate of the grid is trained for ``epochs`` epochs and scored on the
+  held-out images after each; the best (rate, epoch) is retrained from the start with a cosine
+  over that many epochs and scored once on the test images.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..augment.crops import pad_crop_flip, prepare_whole_images, random_resized_crop_flip
+from ..errors import ConfigError, DataError
+from .checks import channel_stats, check_labels, topk_accuracy
+
+__all__ = ["FINETUNE_LEARNING_RATES", "class_balanced_subset", "finetune"]
+
+#: The default grid of fine-tuning learning rates (chosen on held-out training images).
+FINETUNE_LEARNING_RATES: tuple[float, ...] = (0.1, 0.03, 0.01)
+
+
+def class_balanced_subset(
+    labels: torch.Tensor, fraction: float, *, seed: int, exclude: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Sorted indices of ``round(fraction × n_c)`` (at least 1) images of every class c,
+    drawn with ``seed`` from the indices not in ``exclude``."""
+    if not 0 < fraction <= 1:
+        raise ConfigError(f"--label-fraction must be in (0, 1], got {fraction}")
+    labels = check_labels(labels, "train").cpu()
+    allowed = torch.ones(len(labels), dtype=torch.bool)
+    if exclude is not None:
+        allowed[exclude] = False
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(labels), generator=generator)
+    picked = []
+    for cls in torch.unique(labels).tolist():
+        members = order[(labels[order] == cls) & allowed[order]]
+        total = int((labels == cls).sum())
+        picked.append(members[: max(1, round(fraction * total))])
+    return torch.cat(picked).sort().values
+
+
+def finetune(
+    encoder: nn.Module,
+    feature_dim: int,
+    images: dict[str, torch.Tensor],
+    labels: dict[str, torch.Tensor],
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    size: int,
+    learning_rates: Sequence[float] = FINETUNE_LEARNING_RATES,
+    epochs: int = 30,
+    batch_size: int = 64,
+    weight_decay: float = 0.0,
+    crop: str = "pad",
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> dict:
+    """Fine-tune a copy of ``encoder`` + a linear head on ``images["train"]`` (the labelled
+    subset), choose the rate and epochs on ``images["val"]``, score ``images["test"]`` once.
+
+    ``images`` and ``labels`` map ``train`` / ``val`` / ``test`` to uint8 (N, C, H, W) images
+    and their labels. ``crop`` is ``pad`` (pad-4 random crop, for small images) or ``resized``
+    (random resized crop). The encoder itself is left untouched. Returns ``top1``, ``top5``,
+    ``learning_rate``, ``epochs``, ``val_top1`` ({rate: [per-epoch top-1]}), ``n_train``,
+    ``n_val``, ``n_test`` and ``seconds``.
+    """
+    started = time.perf_counter()
+    for part in ("train", "val", "test"):
+        if part not in images or len(images[part]) == 0:
+            raise DataError(f"fine-tuning needs {part} images")
+    if crop not in ("pad", "resized"):
+        raise ConfigError(f"crop must be 'pad' or 'resized', got {crop!r}")
+    if epochs < 1 or batch_size < 2 or not learning_rates:
+        raise ConfigError("fine-tuning needs epochs >= 1, batch_size >= 2 and a learning rate")
+    job = _Job(encoder, feature_dim, images, labels, mean=mean, std=std, size=size,
+               batch_size=batch_size, weight_decay=weight_decay, crop=crop, seed=seed,
+               device=torch.device(device))  # fmt: skip
+    curves = {lr: job.train(lr, epochs, score_each_epoch="val")[1] for lr in learning_rates}
+    # The best held-out top-1 over (rate, epoch); ties go to fewer epochs, then the larger rate.
+    best_lr, best_epoch = max(
+        ((lr, epoch) for lr, curve in curves.items() for epoch in range(1, epochs + 1)),
+        key=lambda pair: (curves[pair[0]][pair[1] - 1], -pair[1], pair[0]),
+    )
+    model, _ = job.train(best_lr, best_epoch)
+    test = job.scores(model, "test")
+    return {
+        "top1": test["top1"], "top5": test["top5"], "learning_rate": best_lr,
+        "epochs": best_epoch, "val_top1": {str(lr): curve for lr, curve in curves.items()},
+        "n_train": len(images["train"]), "n_val": len(images["val"]),
+        "n_test": len(images["test"]), "seconds": time.perf_counter() - started,
+    }  # fmt: skip
+
+
+class _Job:
+    """The data, augmentation and optimiser settings shared by every training of one call."""
+
+    def __init__(self, encoder, feature_dim, images, labels, *, mean, std, size, batch_size,
+                 weight_decay, crop, seed, device) -> None:  # fmt: skip
+        self.encoder, self.feature_dim = encoder, feature_dim
+        self.images, self.labels = images, {k: v.long() for k, v in labels.items()}
+        self.num_classes = int(max(int(v.max()) for v in self.labels.values())) + 1
+        self.mean, self.std = channel_stats(mean, std, images["train"].shape[1], device)
+        self.size, self.batch_size, self.weight_decay = size, batch_size, weight_decay
+        self.crop, self.seed, self.device = crop, seed, device
+
+    def _augment(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        x = batch.to(self.device).float().div_(255.0)
+        if self.crop == "resized":
+            x = random_resized_crop_flip(x, self.size, (0.08, 1.0), generator)
+        else:  # pad by an eighth of the side: CIFAR's 4 px at 32 px
+            padding = max(1, round(x.shape[-1] / 8))
+            x = prepare_whole_images(pad_crop_flip(x, padding, generator), self.size)
+        return (x - self.mean) / self.std
+
+    def _whole(self, batch: torch.Tensor) -> torch.Tensor:
+        x = prepare_whole_images(batch.to(self.device).float().div_(255.0), self.size)
+        return (x - self.mean) / self.std
+
+    def train(
+        self, lr: float, epochs: int, score_each_epoch: str | None = None
+    ) -> tuple[nn.Module, list[float]]:
+        """A fresh copy of the encoder + head trained for ``epochs``; the top-1 on
+        ``score_each_epoch`` after each epoch (empty without it)."""
+        generator = torch.Generator().manual_seed(self.seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            head = nn.Linear(self.feature_dim, self.num_classes)
+        model = nn.Sequential(copy.deepcopy(self.encoder), nn.Flatten(1), head).to(self.device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
+                                    weight_decay=self.weight_decay)  # fmt: skip
+        train_x, train_y = self.images["train"], self.labels["train"]
+        n = len(train_x)
+        steps_per_epoch = max(1, n // self.batch_size)
+        total, step, curve = epochs * steps_per_epoch, 0, []
+        for _ in range(epochs):
+            model.train()
+            order = torch.randperm(n, generator=generator)
+            for start in range(0, steps_per_epoch * self.batch_size, self.batch_size):
+                index = order[start : start + self.batch_size]
+                if len(index) < 2:  # BatchNorm needs two samples
+                    index = order[:2]
+                for group in optimizer.param_groups:  # cosine to 0 over the run, per step
+                    group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+                logits = model(self._augment(train_x[index], generator))
+                loss = F.cross_entropy(logits, train_y[index].to(self.device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+            if score_each_epoch is not None:
+                curve.append(self.scores(model, score_each_epoch)["top1"])
+        return model, curve
+
+    @torch.no_grad()
+    def scores(self, model: nn.Module, part: str) -> dict:
+        model.eval()
+        x, y = self.images[part], self.labels[part]
+        logits = torch.cat([model(self._whole(x[i : i + 512])).float().cpu()
+                            for i in range(0, len(x), 512)])  # fmt: skip
+        top5 = topk_accuracy(logits, y, 5) if self.num_classes >= 5 else None
+        return {"top1": topk_accuracy(logits, y, 1), "top5": top5}

@@ -1,0 +1,98 @@
+"""Semi-supervised fine-tuning (byol.evaluate.finetune): the subsets, and that the test split
+takes no part in a choice."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from byol import ConfigError
+from byol.evaluate import finetune as finetune_module
+from byol.evaluate.finetune import class_balanced_subset, finetune
+
+
+def test_class_balanced_subsets_are_balanced_deterministic_and_disjoint():
+    labels = torch.arange(10).repeat_interleave(100)[torch.randperm(1000)]
+    held_out = class_balanced_subset(labels, 0.1, seed=1)
+    subset = class_balanced_subset(labels, 0.05, seed=0, exclude=held_out)
+    assert torch.bincount(labels[held_out]).tolist() == [10] * 10
+    assert torch.bincount(labels[subset]).tolist() == [5] * 10
+    assert not set(subset.tolist()) & set(held_out.tolist())
+    assert torch.equal(subset, class_balanced_subset(labels, 0.05, seed=0, exclude=held_out))
+    other = class_balanced_subset(labels, 0.05, seed=1, exclude=held_out)
+    assert not torch.equal(subset, other)
+    # A tiny fraction still keeps one image of every class.
+    assert torch.bincount(labels[class_balanced_subset(labels, 1e-4, seed=0)]).tolist() == [1] * 10
+    with pytest.raises(ConfigError, match="--label-fraction"):
+        class_balanced_subset(labels, 0.0, seed=0)
+
+
+def _colour_data(n: int, seed: int):
+    """Images whose class is their dominant colour channel: learnable in a few steps."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 3, (n,), generator=generator)
+    images = torch.randint(0, 80, (n, 3, 8, 8), generator=generator, dtype=torch.uint8)
+    images[torch.arange(n), labels] += 150
+    return images, labels
+
+
+def _encoder():
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(1))  # fmt: skip
+
+
+def test_finetune_learns_and_chooses_on_held_out_images_only(monkeypatch):
+    parts = {name: _colour_data(n, seed) for name, n, seed in
+             (("train", 60, 0), ("val", 60, 1), ("test", 90, 2))}  # fmt: skip
+    images = {k: v[0] for k, v in parts.items()}
+    labels = {k: v[1] for k, v in parts.items()}
+    scored = []
+    original = finetune_module._Job.scores
+
+    def spy(self, model, part):
+        scored.append(part)
+        return original(self, model, part)
+
+    monkeypatch.setattr(finetune_module._Job, "scores", spy)
+    encoder = _encoder()
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    result = finetune(encoder, 8, images, labels, mean=(0.3,) * 3, std=(0.3,) * 3, size=8,
+                      learning_rates=(0.1, 0.01), epochs=4, batch_size=16)  # fmt: skip
+    # Every choice is made on held-out images; the test images are scored once, at the end.
+    assert scored == ["val"] * 8 + ["test"]
+    assert result["learning_rate"] in (0.1, 0.01) and 1 <= result["epochs"] <= 4
+    assert set(result["val_top1"]) == {"0.1", "0.01"} and len(result["val_top1"]["0.1"]) == 4
+    assert result["top1"] > 0.6  # chance is 1/3
+    assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())
+    # Whatever the test labels say, the choice is the same.
+    shuffled = {**labels, "test": labels["test"].flip(0)}
+    again = finetune(encoder, 8, images, shuffled, mean=(0.3,) * 3, std=(0.3,) * 3, size=8,
+                     learning_rates=(0.1, 0.01), epochs=4, batch_size=16)  # fmt: skip
+    assert (again["learning_rate"], again["epochs"]) == (result["learning_rate"], result["epochs"])
+
+
+def test_eval_finetune_end_to_end_against_scratch(tmp_path, capsys):
+    import json
+
+    from byol.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", "digits", "--arch", "convnet", "--hidden-dim", "32",
+                 "--batch-size", "64", "--max-steps", "2", "--knn-every", "0",
+                 "--no-tensorboard", "--out", str(run)]) == 0  # fmt: skip
+    argv = ["eval", str(run), "--protocol", "finetune", "--label-fraction", "0.05", "0.1",
+            "--epochs", "2", "--baseline", "scratch"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "fine-tuned, 5% labels (72 images" in out and "scratch" in out
+    written = json.loads((run / "eval.json").read_text())
+    rows = {(r["name"], r["label_fraction"]) for r in written["rows"]}
+    assert rows == {("byol", 0.05), ("scratch", 0.05), ("byol", 0.1), ("scratch", 0.1)}
+    from byol.data import load_dataset
+
+    counts = torch.bincount(load_dataset("digits", split="train").labels)
+    # 10% of every class, held out of training to choose rate and epochs.
+    assert written["split_sizes"]["val"] == sum(max(1, round(0.1 * int(c))) for c in counts)
+    assert main(["eval", str(run), "--protocol", "finetune", "--baseline", "pixels"]) == 2
+    assert "compares with --baseline scratch only" in capsys.readouterr().err
