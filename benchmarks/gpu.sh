@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU set of `byol bench`, in under 5 minutes on one CUDA GPU:
-#   ResNet-18 small-image stem, 32 px, batch 512, bf16, compile off and on
-#   ResNet-50, 224 px, batch 256, bf16, compile off and on
+#   ResNet-18 small-image stem, 32 px, batch 512, compile off and on
+#   ResNet-50, 224 px, batch 256, compile off and on
+# at --precision auto, as byol train runs (bf16 on GPUs that have it, fp32 on the others).
 # Writes the raw JSON and logs of each run to $OUT_DIR (default benchmarks/gpu/) and the table
 # to $TABLE (default benchmarks/gpu-results.md). A run that fails or overruns its time limit
 # gets a row saying so; the others still run.
@@ -18,7 +19,7 @@ EAGER_LIMIT=${EAGER_LIMIT:-45}      # seconds per eager run (each is ~10-30 s)
 COMPILE_LIMIT=${COMPILE_LIMIT:-95}  # seconds per compiled run (compilation dominates)
 
 DEVICE=cuda
-PRECISION=bf16
+PRECISION=${PRECISION:-auto}
 R18=(--arch resnet18 --small-images --image-size 32 --batch-size 512 --steps 25 --windows 3 --warmup 5)
 R50=(--arch resnet50 --no-small-images --image-size 224 --batch-size 256 --steps 12 --windows 3 --warmup 4)
 if [ "${SMOKE:-0}" = 1 ]; then
@@ -73,7 +74,9 @@ lines = [
     "",
     f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}, {machine.get('gpu', '?')}, "
     f"torch {machine.get('torch', '?')}, CUDA {machine.get('cuda', '?')}, "
-    f"whole set {seconds} s. bf16 autocast, channels_last, in-memory uint8 data, "
+    f"whole set {seconds} s. Precision "
+    f"{next((r.get('precision') for r in results.values()), '?')} (--precision auto), "
+    "channels_last, in-memory uint8 data, "
     "augmentation on the GPU.",
     "",
     "| run | images/s | step ms | warm-up s | GFLOP / image | achieved TFLOP/s "
@@ -105,7 +108,7 @@ for name, result in results.items():
     stages = result.get("stages_ms") or {}
     lines.append(f"| {name} | " + " | ".join(f"{stages.get(s, float('nan')):.1f}" for s in
                  ("data", "augment", "forward", "backward", "optimizer", "ema")) + " |")
-lines += ["", "Ceiling: the best of a large bf16 matmul (8192²) and a large 3×3 convolution "
+lines += ["", "Ceiling: the best of a large matmul (8192², fp32 and the run's precision) and a large 3×3 convolution "
           "(256×256 channels, 56×56, batch 256), both memory formats. × FLOP floor = "
           "achieved time / (FLOPs ÷ ceiling); the target for ResNet-50 224 px is ≤ 2.", "",
           "Commands:", ""]
