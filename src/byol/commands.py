@@ -45,6 +45,10 @@ def _run_of(args: argparse.Namespace) -> str:
 
 def _add_checkpoint_and_data(parser: argparse.ArgumentParser) -> None:
     _add_run(parser)
+    _add_data_options(parser)
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=None, metavar="NAME", help=_DATA_HELP)
     parser.add_argument("--data-root", default=None, metavar="DIR",
                         help="folder holding the dataset files")  # fmt: skip
@@ -274,13 +278,7 @@ def register_select(commands: Any) -> None:
                         help="training images RankMe is computed on (default: 25600, as the "
                         "paper)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed of the image subset")
-    parser.add_argument("--data", default=None, metavar="NAME", help=_DATA_HELP)
-    parser.add_argument("--data-root", default=None, metavar="DIR",
-                        help="folder holding the dataset files")  # fmt: skip
-    parser.add_argument("--device", default=None, metavar="DEVICE",
-                        help="cpu, cuda, cuda:1 ... (default: cuda when available)")  # fmt: skip
-    parser.add_argument("--batch-size", type=int, default=512, metavar="N",
-                        help="images per encoder forward pass (default: 512)")  # fmt: skip
+    _add_data_options(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=_run_select)
 

@@ -1,0 +1,101 @@
+"""``byol eval`` with few labels and with none: ``--protocol finetune`` (the encoder fine-tuned on
+class-balanced fractions of the labels, against the same architecture from scratch) and
+``--protocol rankme`` (the label-free effective rank of the features)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .baselines import random_init_encoder
+from .errors import DataError
+from .evaluation_files import augmented_crop, labelled, record, say
+from .handover import load_data_for, load_encoder, resolve_checkpoint
+from .runtime import resolve_device
+
+__all__ = ["FINETUNE_VAL_FRACTION", "LABEL_FRACTIONS", "finetune_evaluation", "rankme_evaluation"]
+
+#: The label fractions of ``--protocol finetune`` (the paper's 1% and 10%).
+LABEL_FRACTIONS: tuple[float, ...] = (0.01, 0.1)
+#: The held-out part of the training split on which fine-tuning chooses rate and epochs.
+FINETUNE_VAL_FRACTION = 0.1
+
+
+def finetune_evaluation(
+    checkpoint, *, data, data_root, baselines, label_fractions, epochs, seed, device,
+    write_run_file, quiet,
+) -> dict[str, Any]:  # fmt: skip
+    """``--protocol finetune``: the encoder (and ``scratch``, the same architecture from a
+    random start) fine-tuned on each class-balanced fraction of the training labels."""
+    from .evaluate.finetune import class_balanced_subset, finetune
+
+    started = time.perf_counter()
+    run_device = resolve_device(device)
+    checkpoint = resolve_checkpoint(checkpoint)
+    encoder, info = load_encoder(checkpoint, device=run_device)
+    name = str(data if data is not None else info.data)
+    train_set, test_set = (
+        labelled(load_data_for(info, data, data_root=data_root, split=split), name, split)
+        for split in ("train", "test")
+    )
+    if train_set.images is None or test_set.images is None:
+        raise DataError(f"--protocol finetune needs {name!r} in memory; it is streamed")
+    # Held out first, then the labelled subsets from the rest: never the test split.
+    val_index = class_balanced_subset(train_set.labels, FINETUNE_VAL_FRACTION, seed=seed + 1)
+    encoders = [("byol", encoder)]
+    if "scratch" in baselines:
+        scratch = random_init_encoder(info.arch, small_images=info.small_images,
+                                      in_channels=info.in_channels, seed=seed,
+                                      image_size=info.view_size)  # fmt: skip
+        encoders.append(("scratch", scratch.to(run_device)))
+    rows = []
+    for fraction in label_fractions:
+        subset = class_balanced_subset(train_set.labels, fraction, seed=seed, exclude=val_index)
+        parts = {"train": subset, "val": val_index}
+        images = {k: train_set.images[v] for k, v in parts.items()} | {"test": test_set.images}
+        labels = {k: train_set.labels[v] for k, v in parts.items()} | {"test": test_set.labels}
+        for row_name, model in encoders:
+            result = finetune(model, info.feature_dim, images, labels, mean=info.mean,
+                              std=info.std, size=info.image_size, crop=augmented_crop(info),
+                              seed=seed, device=run_device,
+                              **({"epochs": epochs} if epochs else {}))  # fmt: skip
+            rows.append({"name": row_name, "protocol": "finetune", "label_fraction": fraction,
+                         **{k: v for k, v in result.items() if k != "val_top1"},
+                         "val_top1_by_lr": result["val_top1"]})  # fmt: skip
+            say(f"{row_name}: fine-tuned on {len(subset)} labels ({100 * fraction:g}%): "
+                 f"top-1 {100 * result['top1']:.2f}% (lr {result['learning_rate']:g}, "
+                 f"{result['epochs']} epochs, {result['seconds']:.0f}s)", quiet)  # fmt: skip
+    first = rows[0]
+    result = {
+        "checkpoint": str(checkpoint), "step": info.step, "arch": info.arch, "dataset": name,
+        "protocol": "finetune", "augmented": True, "seed": seed,
+        "split_sizes": {"train": len(train_set), "val": len(val_index), "test": len(test_set)},
+        "top1": first["top1"], "top5": first["top5"], "learning_rate": first["learning_rate"],
+        "seconds": time.perf_counter() - started, "rows": rows,
+    }  # fmt: skip
+    return record(result, checkpoint, name, info.data, write_run_file)
+
+
+def rankme_evaluation(checkpoint, *, data, data_root, seed, device, batch_size,
+                       write_run_file) -> dict[str, Any]:  # fmt: skip
+    """``--protocol rankme``: the label-free score of the checkpoint (no labels needed)."""
+    from .selection import checkpoint_rankme
+
+    started = time.perf_counter()
+    checkpoint = resolve_checkpoint(checkpoint)
+    score = checkpoint_rankme(checkpoint, data=data, data_root=data_root, seed=seed,
+                              device=device, batch_size=batch_size)  # fmt: skip
+    _, info = load_encoder(checkpoint)
+    name = str(data if data is not None else info.data)
+    row = {"name": "byol", "protocol": "rankme", "top1": None, "top5": None,
+           "learning_rate": None, "rankme": score["rankme"],
+           "rankme_projection": score["rankme_projection"], "samples": score["samples"],
+           "seconds": time.perf_counter() - started}  # fmt: skip
+    result = {
+        "checkpoint": str(checkpoint), "step": info.step, "arch": info.arch, "dataset": name,
+        "protocol": "rankme", "augmented": False, "seed": seed,
+        "split_sizes": {"train": score["samples"], "val": 0, "test": 0}, "top1": None,
+        "top5": None, "learning_rate": None, "rankme": score["rankme"],
+        "seconds": row["seconds"], "rows": [row],
+    }  # fmt: skip
+    return record(result, checkpoint, name, info.data, write_run_file)
