@@ -48,13 +48,13 @@ def test_finetune_learns_and_chooses_on_held_out_images_only(monkeypatch):
     images = {k: v[0] for k, v in parts.items()}
     labels = {k: v[1] for k, v in parts.items()}
     scored = []
-    original = finetune_module._Job.scores
+    original = finetune_module.FineTuneRun.scores
 
     def spy(self, model, part):
         scored.append(part)
         return original(self, model, part)
 
-    monkeypatch.setattr(finetune_module._Job, "scores", spy)
+    monkeypatch.setattr(finetune_module.FineTuneRun, "scores", spy)
     encoder = _encoder()
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
     result = finetune(encoder, 8, images, labels, mean=(0.3,) * 3, std=(0.3,) * 3, size=8,

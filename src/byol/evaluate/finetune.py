@@ -30,7 +30,7 @@ from ..augment.crops import pad_crop_flip, prepare_whole_images, random_resized_
 from ..errors import ConfigError, DataError
 from .checks import channel_stats, check_labels, topk_accuracy
 
-__all__ = ["FINETUNE_LEARNING_RATES", "class_balanced_subset", "finetune"]
+__all__ = ["FINETUNE_LEARNING_RATES", "FineTuneRun", "class_balanced_subset", "finetune"]
 
 #: The default grid of fine-tuning learning rates (chosen on held-out training images).
 FINETUNE_LEARNING_RATES: tuple[float, ...] = (0.1, 0.03, 0.01)
@@ -91,7 +91,7 @@ def finetune(
         raise ConfigError(f"crop must be 'pad' or 'resized', got {crop!r}")
     if epochs < 1 or batch_size < 2 or not learning_rates:
         raise ConfigError("fine-tuning needs epochs >= 1, batch_size >= 2 and a learning rate")
-    job = _Job(encoder, feature_dim, images, labels, mean=mean, std=std, size=size,
+    job = FineTuneRun(encoder, feature_dim, images, labels, mean=mean, std=std, size=size,
                batch_size=batch_size, weight_decay=weight_decay, crop=crop, seed=seed,
                device=torch.device(device))  # fmt: skip
     curves = {lr: job.train(lr, epochs, score_each_epoch="val")[1] for lr in learning_rates}
@@ -110,7 +110,7 @@ def finetune(
     }  # fmt: skip
 
 
-class _Job:
+class FineTuneRun:
     """The data, augmentation and optimiser settings shared by every training of one call."""
 
     def __init__(self, encoder, feature_dim, images, labels, *, mean, std, size, batch_size,
