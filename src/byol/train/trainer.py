@@ -100,9 +100,10 @@ class Trainer(RunLoop):
         """Plan the run on ``data`` and build the networks, optimizer and augmentation."""
         config = self.config
         self.num_items = len(data)
+        mean, std = data.mean_std()
         self.plan = make_plan(
-            config, image_hw=data.image_size, channels=data.channels, mean=data.mean_std()[0],
-            std=data.mean_std()[1], num_items=len(data), world_size=self.dist.world_size,
+            config, image_hw=data.image_size, channels=data.channels, mean=mean, std=std,
+            num_items=len(data), world_size=self.dist.world_size,
         )  # fmt: skip
         plan = self.plan
         # Same seed, same initial weights on every rank (and in a resumed run's first build).
