@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ __all__ = [
     "augmented_crop",
     "eval_file_name",
     "labelled",
+    "open_evaluation",
     "protocol_label",
     "record",
     "results_table",
@@ -123,6 +125,36 @@ def results_table(result: dict[str, Any]) -> str:
                        r.get("label_fraction") or 0, names.get(r.get("name"), 9)),
     )  # fmt: skip
     return format_results_table([{**row, "protocol": protocol_label(row)} for row in rows])
+
+
+@dataclass
+class OpenedEvaluation:
+    """A checkpoint ready to evaluate: its encoder on the device, and the labelled splits."""
+
+    checkpoint: Path
+    encoder: torch.nn.Module
+    info: EncoderInfo
+    dataset: str
+    train: ImageData
+    test: ImageData
+    device: torch.device
+
+
+def open_evaluation(checkpoint, *, data, data_root, device) -> OpenedEvaluation:
+    """Load the checkpoint's encoder and the labelled train and test splits of ``data``
+    (default: the dataset it was trained on)."""
+    from .handover import load_data_for, load_encoder, resolve_checkpoint
+    from .runtime import resolve_device
+
+    run_device = resolve_device(device)
+    checkpoint = resolve_checkpoint(checkpoint)
+    encoder, info = load_encoder(checkpoint, device=run_device)
+    name = str(data if data is not None else info.data)
+    train_set, test_set = (
+        labelled(load_data_for(info, data, data_root=data_root, split=split), name, split)
+        for split in ("train", "test")
+    )
+    return OpenedEvaluation(checkpoint, encoder, info, name, train_set, test_set, run_device)
 
 
 def record(result: dict[str, Any], checkpoint: Path, dataset: str, trained_on: str | None,

@@ -9,9 +9,8 @@ from typing import Any
 
 from .baselines import random_init_encoder
 from .errors import DataError
-from .evaluation_files import augmented_crop, labelled, record, say
-from .handover import load_data_for, load_encoder, resolve_checkpoint
-from .runtime import resolve_device
+from .evaluation_files import augmented_crop, open_evaluation, record, say
+from .handover import load_encoder, resolve_checkpoint
 
 __all__ = ["FINETUNE_VAL_FRACTION", "LABEL_FRACTIONS", "finetune_evaluation", "rankme_evaluation"]
 
@@ -30,14 +29,9 @@ def finetune_evaluation(
     from .evaluate.finetune import class_balanced_subset, finetune
 
     started = time.perf_counter()
-    run_device = resolve_device(device)
-    checkpoint = resolve_checkpoint(checkpoint)
-    encoder, info = load_encoder(checkpoint, device=run_device)
-    name = str(data if data is not None else info.data)
-    train_set, test_set = (
-        labelled(load_data_for(info, data, data_root=data_root, split=split), name, split)
-        for split in ("train", "test")
-    )
+    run = open_evaluation(checkpoint, data=data, data_root=data_root, device=device)
+    checkpoint, encoder, info, name = run.checkpoint, run.encoder, run.info, run.dataset
+    train_set, test_set, run_device = run.train, run.test, run.device
     if train_set.images is None or test_set.images is None:
         raise DataError(f"--protocol finetune needs {name!r} in memory; it is streamed")
     # Held out first, then the labelled subsets from the rest: never the test split.

@@ -36,7 +36,7 @@ from .evaluation_files import (
     KNN_TEMPERATURE,
     augmented_crop,
     eval_file_name,
-    labelled,
+    open_evaluation,
     protocol_label,
     record,
     results_table,
@@ -46,11 +46,7 @@ from .evaluation_label_scarce import LABEL_FRACTIONS, finetune_evaluation, rankm
 from .handover import (
     EncoderInfo,
     encode_dataset,
-    load_data_for,
-    load_encoder,
-    resolve_checkpoint,
 )
-from .runtime import resolve_device
 
 __all__ = [
     "BASELINES",
@@ -168,14 +164,9 @@ def run_evaluation(
                                   device=device, batch_size=batch_size,
                                   write_run_file=write_run_file)  # fmt: skip
     started = time.perf_counter()
-    run_device = resolve_device(device)
-    checkpoint = resolve_checkpoint(checkpoint)
-    encoder, info = load_encoder(checkpoint, device=run_device)
-    name = str(data if data is not None else info.data)
-    train_set, test_set = (
-        labelled(load_data_for(info, data, data_root=data_root, split=split), name, split)
-        for split in ("train", "test")
-    )
+    run = open_evaluation(checkpoint, data=data, data_root=data_root, device=device)
+    checkpoint, encoder, info, name = run.checkpoint, run.encoder, run.info, run.dataset
+    train_set, test_set, run_device = run.train, run.test, run.device
     if augmented and (train_set.images is None or test_set.images is None):
         raise DataError(
             f"--augmented needs the dataset in memory; {name!r} is streamed from disk "
