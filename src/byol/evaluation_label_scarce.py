@@ -10,7 +10,7 @@ from typing import Any
 from .baselines import random_init_encoder
 from .errors import DataError
 from .evaluation_files import augmented_crop, open_evaluation, record, say
-from .handover import load_encoder, resolve_checkpoint
+from .handover import resolve_checkpoint
 
 __all__ = ["FINETUNE_VAL_FRACTION", "LABEL_FRACTIONS", "finetune_evaluation", "rankme_evaluation"]
 
@@ -79,17 +79,16 @@ def rankme_evaluation(checkpoint, *, data, data_root, seed, device, batch_size,
     checkpoint = resolve_checkpoint(checkpoint)
     score = checkpoint_rankme(checkpoint, data=data, data_root=data_root, seed=seed,
                               device=device, batch_size=batch_size)  # fmt: skip
-    _, info = load_encoder(checkpoint)
-    name = str(data if data is not None else info.data)
+    name = str(data if data is not None else score["data"])
     row = {"name": "byol", "protocol": "rankme", "top1": None, "top5": None,
            "learning_rate": None, "rankme": score["rankme"],
            "rankme_projection": score["rankme_projection"], "samples": score["samples"],
            "seconds": time.perf_counter() - started}  # fmt: skip
     result = {
-        "checkpoint": str(checkpoint), "step": info.step, "arch": info.arch, "dataset": name,
-        "protocol": "rankme", "augmented": False, "seed": seed,
+        "checkpoint": str(checkpoint), "step": score["step"], "arch": score["arch"],
+        "dataset": name, "protocol": "rankme", "augmented": False, "seed": seed,
         "split_sizes": {"train": score["samples"], "val": 0, "test": 0}, "top1": None,
         "top5": None, "learning_rate": None, "rankme": score["rankme"],
         "seconds": row["seconds"], "rows": [row],
     }  # fmt: skip
-    return record(result, checkpoint, name, info.data, write_run_file)
+    return record(result, checkpoint, name, score["data"], write_run_file)

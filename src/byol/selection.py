@@ -19,10 +19,11 @@ import torch
 from .checkpoint import CheckpointManager
 from .errors import CheckpointError, ConfigError
 from .evaluate.rankme import RANKME_SAMPLES, rankme
-from .handover import encode_dataset, load_data_for, load_encoder
+from .handover import encode_dataset, load_data_for, resolve_checkpoint
+from .handover.load import encoder_from_state
 from .model import MLPHead
 from .runtime import resolve_device
-from .state import read_state
+from .state import TrainState, read_state
 
 __all__ = ["checkpoint_rankme", "checkpoints_of", "select_checkpoints"]
 
@@ -59,23 +60,27 @@ def checkpoint_rankme(
     if samples < 2:
         raise ConfigError(f"--samples must be >= 2, got {samples}")
     run_device = resolve_device(device)
-    encoder, info = load_encoder(checkpoint, device=run_device)
+    path = resolve_checkpoint(checkpoint)
+    state = read_state(path)  # read once: the encoder and the projector both come from it
+    encoder, info = encoder_from_state(state, path, device=run_device)
     dataset = load_data_for(info, data, data_root=data_root, split="train")
     generator = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(dataset), generator=generator)[:samples].sort().values
     features = encode_dataset(encoder, dataset, info, indices=pick, batch_size=batch_size,
                               device=run_device)  # fmt: skip
-    projections = _projections(info.source or str(checkpoint), features, info.feature_dim)
+    projections = _projections(state, features, info.feature_dim)
     return {
-        "checkpoint": str(info.source), "step": info.step, "samples": len(pick),
+        "checkpoint": str(info.source), "step": info.step, "arch": info.arch, "data": info.data,
+        "samples": len(pick),
         "rankme": rankme(features),
         "rankme_projection": rankme(projections) if projections is not None else None,
     }  # fmt: skip
 
 
-def _projections(path: str, features: torch.Tensor, feature_dim: int) -> torch.Tensor | None:
-    """The online projector of the checkpoint at ``path`` applied to ``features`` (eval mode)."""
-    state = read_state(path)
+def _projections(
+    state: TrainState, features: torch.Tensor, feature_dim: int
+) -> torch.Tensor | None:
+    """The checkpoint's online projector applied to ``features`` (eval mode)."""
     prefix = "online_projector."
     weights = {k[len(prefix) :]: v for k, v in state.model.items() if k.startswith(prefix)}
     if not weights:

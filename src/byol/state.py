@@ -81,8 +81,10 @@ class TrainState:
                 f"checkpoint {source} has format {version!r}; this byol reads formats 1 and "
                 f"{CHECKPOINT_FORMAT} (upgrade byol to read it)"
             )
-        for name in ("model", "step", "config", "plan" if version == 2 else "data"):
-            if not isinstance(payload.get(name), dict | int) or name not in payload:
+        expected = {"model": dict, "step": int, "config": dict,
+                    ("plan" if version == 2 else "data"): dict}  # fmt: skip
+        for name, kind in expected.items():
+            if not isinstance(payload.get(name), kind):
                 raise CheckpointError(
                     f"checkpoint {source} (format {version}) has no {name!r} entry; it was not "
                     "written by byol train"

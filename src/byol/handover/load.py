@@ -20,11 +20,12 @@ from torch import nn
 from .. import backbones
 from ..data import ImageData, load_dataset
 from ..errors import CheckpointError, ConfigError, DataError
-from ..state import read_state
+from ..state import TrainState, read_state
 
 __all__ = [
     "EncoderInfo",
     "encode_dataset",
+    "encoder_from_state",
     "load_data_for",
     "load_encoder",
     "resolve_checkpoint",
@@ -104,7 +105,13 @@ def load_encoder(
     naming the file when it is missing, unreadable or does not match its architecture.
     """
     path = resolve_checkpoint(checkpoint_path)
-    state = read_state(path)
+    return encoder_from_state(read_state(path), path, device=device)
+
+
+def encoder_from_state(
+    state: TrainState, path: str | Path, *, device: torch.device | str = "cpu"
+) -> tuple[nn.Module, EncoderInfo]:
+    """:func:`load_encoder` on an already read checkpoint (``path`` names it in errors)."""
     config, plan = state.config, state.plan
     arch = config.get("arch")
     if not isinstance(arch, str):

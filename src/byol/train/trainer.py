@@ -34,7 +34,7 @@ from ..data import ImageData
 from ..errors import ConfigError
 from ..model import BYOL
 from ..optim import LARS, param_groups
-from ..plan import RunPlan, make_plan
+from ..plan import make_plan
 from ..run_folder import RunFolder, config_changes
 from ..runtime import (
     AUTOCAST_DTYPES,
@@ -212,13 +212,14 @@ class Trainer(RunLoop):
         """The checkpoint of this run after ``step`` optimizer steps."""
         from .. import __version__
 
-        plan = {**self.plan.to_dict(), "total_steps": self.total_steps}
         return TrainState(
             model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
             scaler=self.scaler.state_dict(), step=step, total_steps=self.total_steps,
             train_seconds=self.train_seconds(),
             rng={"augment": augment_states, "torch": torch.get_rng_state()},
-            config=self.config.to_dict(), plan=RunPlan.from_dict(plan), byol_version=__version__,
+            config=self.config.to_dict(),
+            plan=dataclasses.replace(self.plan, total_steps=self.total_steps),
+            byol_version=__version__,
         )  # fmt: skip
 
     def restore(self, state: TrainState) -> int:
