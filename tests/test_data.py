@@ -155,9 +155,14 @@ def test_labeled_folder(labeled_folder):
     assert data.images[3, 2].float().mean() > 240 and data.images[3, 0].float().mean() < 15
 
 
-def test_folder_default_size_is_64_and_small_images_upscale(labeled_folder):
+def test_folder_default_is_full_resolution_and_streamed(labeled_folder):
     data = load_dataset(str(labeled_folder))
-    assert data.image_size == (64, 64) and data.images.shape == (5, 3, 64, 64)
+    assert data.full_resolution and data.image_size is None and data.images is None
+    assert data.typical_side() == 20  # the files' median shorter side
+    with pytest.raises(DataError, match="at_size"):
+        data.get(torch.arange(2))
+    # Shown whole at a fixed size (small images upscale), as evaluation does.
+    assert data.at_size(64).get(torch.arange(5)).shape == (5, 3, 64, 64)
 
 
 def test_unlabeled_flat_and_nested_folders(tmp_path):
@@ -232,8 +237,16 @@ def test_streamed_folder_reports_a_file_that_fails_to_decode(tmp_path):
     with pytest.warns(UserWarning, match="skipped 1 unreadable"):
         data = load_dataset(str(root), image_size=8, in_memory=False)
     assert len(data) == 4  # only the header-less file is caught before decoding
-    with pytest.raises(DataError, match="cannot decode image") as error:
-        data.get(torch.arange(4))
+    position = data.paths.index(str(truncated))
+    # Streaming, a file that fails to decode is named once and the next image used instead.
+    with pytest.warns(UserWarning, match="cannot decode image") as caught:
+        images = data.get(torch.arange(4))
+    assert str(truncated) in str(caught[0].message)
+    assert torch.equal(images[position], images[(position + 1) % 4])
+    (root / "b.png").unlink()  # the header-less file, which strict refuses at load
+    strict = load_dataset(str(root), image_size=8, in_memory=False, strict=True)
+    with pytest.raises(DataError, match="unreadable image file") as error:
+        strict.get(torch.arange(4))
     assert str(truncated) in str(error.value)
 
 

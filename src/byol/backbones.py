@@ -27,6 +27,7 @@ __all__ = [
     "check_arch",
     "default_small_images",
     "timm_kwargs",
+    "zero_init_bottlenecks",
 ]
 
 #: ``--arch timm:NAME`` builds timm's model NAME.
@@ -132,13 +133,17 @@ def build(
     small_images: bool = False,
     in_channels: int = 3,
     image_size: int | None = None,
+    zero_init_residual: bool = True,
 ) -> tuple[nn.Module, int]:
     """Build encoder ``name`` (see ``ARCHITECTURES``, or ``timm:NAME``) without its classifier.
 
     Returns ``(encoder, feature_dim)``. ``small_images`` swaps a ResNet's stem for the
     CIFAR-style 3×3 stride-1 convolution without max-pool; ``in_channels`` adapts the stem to
     grayscale (1) or other inputs; ``image_size`` (the training views' side) sizes the position
-    embedding of timm's ViT-style models. Weights are randomly initialised (nothing is
+    embedding of timm's ViT-style models. ``zero_init_residual`` starts the last BatchNorm
+    scale of every bottleneck block (torchvision's ``Bottleneck``: ResNet-50 and larger) at
+    zero, as the reference's ResNet does, so each block starts as the identity; basic blocks
+    (ResNet-18/34) keep scale 1, as there. Weights are randomly initialised (nothing is
     downloaded).
     """
     check_arch(name)
@@ -146,7 +151,21 @@ def build(
         raise ConfigError(f"in_channels must be >= 1, got {in_channels}")
     if name.startswith(TIMM_PREFIX):
         return _timm(name[len(TIMM_PREFIX) :], in_channels=in_channels, image_size=image_size)
-    return _BUILDERS[name](small_images, in_channels)
+    encoder, feature_dim = _BUILDERS[name](small_images, in_channels)
+    if zero_init_residual and name in _TORCHVISION_RESNETS:
+        zero_init_bottlenecks(encoder)
+    return encoder, feature_dim
+
+
+def zero_init_bottlenecks(model: nn.Module) -> int:
+    """Zero the last BatchNorm scale (``bn3.weight``) of every torchvision ``Bottleneck`` in
+    ``model``; returns how many blocks were changed."""
+    from torchvision.models.resnet import Bottleneck
+
+    blocks = [module for module in model.modules() if isinstance(module, Bottleneck)]
+    for block in blocks:
+        nn.init.zeros_(block.bn3.weight)
+    return len(blocks)
 
 
 def check_arch(name: str) -> None:

@@ -11,7 +11,8 @@ The formulas are those of Table 6 of the paper and its official code (docs/metho
 * hue: HSV hue plus ``shift``, modulo 1;
 * grayscale: luma ``0.2989 R + 0.5870 G + 0.1140 B``;
 * solarisation: ``x if x < 0.5 else 1 - x``;
-* Gaussian blur: separable, normalised kernel ``exp(-t^2 / (2 sigma^2))``, reflect padding.
+* Gaussian blur: separable, normalised kernel ``exp(-t^2 / (2 sigma^2))``, zero padding (the
+  official code's ``SAME`` convolution, which darkens a border of half the kernel a little).
 
 Saturation and hue act on RGB images (C = 3) only.
 """
@@ -212,7 +213,7 @@ def gaussian_kernel1d(sigma: torch.Tensor | float, size: int) -> torch.Tensor:
 def gaussian_blur(
     x: torch.Tensor, sigma: torch.Tensor | float, kernel_size: int | tuple[int, int]
 ) -> torch.Tensor:
-    """Blur each sample with its own sigma: separable, reflect padding, odd ``kernel_size``.
+    """Blur each sample with its own sigma: separable, zero padding, odd ``kernel_size``.
 
     ``kernel_size`` is one odd size or ``(size_h, size_w)``. Each pass is a sum of shifted
     slices of the padded batch weighted by per-sample taps; on the CPU this is several times
@@ -224,11 +225,10 @@ def gaussian_blur(
         sigma = torch.full((n,), float(sigma))
     sigma = sigma.to(device=x.device, dtype=x.dtype)
     pad_h, pad_w = size_h // 2, size_w // 2
-    # Reflect padding needs pad < side; tiny images fall back to replicating the edge.
-    mode = "reflect" if pad_h < h and pad_w < w else "replicate"
-    padded = F.pad(x, (pad_w, pad_w, pad_h, pad_h), mode=mode)
+    # Zeros, as the reference's depthwise convolution with padding="SAME".
+    padded = F.pad(x, (pad_w, pad_w, pad_h, pad_h))
     # Padding both axes first and blurring with "valid" sums equals padding per pass: the
-    # vertical pass maps reflected columns to reflected blurred columns.
+    # vertical pass maps zero columns to zero columns.
     taps_h = gaussian_kernel1d(sigma, size_h).view(n, 1, 1, 1, size_h).unbind(-1)
     taps_w = gaussian_kernel1d(sigma, size_w).view(n, 1, 1, 1, size_w).unbind(-1)
     rows = padded[:, :, 0:h, :] * taps_h[0]

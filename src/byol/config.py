@@ -58,8 +58,13 @@ class TrainConfig:
     download: bool = key(
         False, "let torchvision download CIFAR/STL-10 into --data-root", "data", resumable=True
     )
-    folder_image_size: int = key(
-        64, "side of the square images made from an image folder", "data", low=4
+    folder_image_size: int | None = key(
+        None,
+        "read an image folder as square thumbnails of this side (in memory when they fit) "
+        "instead of at full resolution (default: full resolution, streamed, training crops "
+        "cut from the whole files)",
+        "data",
+        low=4,
     )
     holdout: int = key(
         0,
@@ -134,6 +139,28 @@ class TrainConfig:
         "model",
         low=1e-3,
         high=1.0,
+    )
+    crop_law: str | None = key(
+        None,
+        "law of the random resized crop's box: reference (one draw, clamped: the official "
+        "code) or torchvision (ten-try rejection) (default: the augmentation preset's)",
+        "model",
+        choices=("reference", "torchvision"),
+    )
+    eval_crop_fraction: float | None = key(
+        None,
+        "evaluated images of full-resolution folders and shards: the centre square of this "
+        "fraction of the shorter side, resized to --eval-image-size (default: 0.875, the "
+        "reference's 224/256; other data is shown whole)",
+        "model",
+        low=0.05,
+        high=1.0,
+    )
+    zero_init_residual: bool = key(
+        True,
+        "start each bottleneck ResNet block's last BatchNorm scale at zero, as the reference "
+        "(ResNet-50 and larger; no effect on other encoders)",
+        "model",
     )
     # optimisation
     epochs: float = key(100.0, "length of the schedules, in epochs", "optim", low=1e-9)

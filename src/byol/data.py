@@ -9,6 +9,11 @@ Sources:
 * ``digits`` - scikit-learn's 8x8 digits, for smoke tests (:mod:`byol.datasets.digits`).
 * a path to a folder of images (:mod:`byol.datasets.folder`), or to a ``.npy`` / ``.npz``
   file of uint8 images (:mod:`byol.datasets.arrays`).
+* WebDataset-style tar shards: a ``.tar`` path or a brace pattern such as
+  ``shards/train-{000000..000127}.tar`` (:mod:`byol.datasets.shards`).
+
+Folders and shards are read at full resolution and streamed unless ``image_size`` asks for
+fixed-size thumbnails.
 
 Named sources take precedence over paths, so write ``./digits`` for a folder called digits.
 Names are matched ignoring case, ``-`` and ``_`` (``CIFAR-10`` works).
@@ -45,6 +50,7 @@ def load_dataset(
     split: str = "train",
     download: bool = False,
     image_size: int | None = None,
+    crop_fraction: float = 1.0,
     strict: bool = False,
     in_memory: bool | None = None,
 ) -> ImageData:
@@ -57,12 +63,18 @@ def load_dataset(
         split: ``train`` or ``test``; STL-10 also ``unlabeled`` and ``train+unlabeled``; image
             folders ``test`` / ``val`` when they have such sub-folders.
         download: let torchvision fetch CIFAR / STL-10 into ``root`` when missing.
-        image_size: side of the square images made from an image folder (default 64). Other
-            sources keep their native size (the augmentations resize).
-        strict: for image folders, raise on the first unreadable file instead of skipping.
-        in_memory: for image folders, hold decoded images in memory (True), stream them from
-            disk (False) or decide by size, up to 2 GiB in memory (None). Other sources are
-            always in memory.
+        image_size: for image folders and shards, show every image as a square of this side
+            (the centre square of ``crop_fraction`` of its shorter side, resized); None (the
+            default) keeps their full resolution, streamed. Other sources keep their native
+            size (the augmentations resize).
+        crop_fraction: see ``image_size`` (1.0: the whole centre square; 0.875: the
+            reference's evaluation crop).
+        strict: for image folders and shards, raise on the first unreadable file instead of
+            skipping it.
+        in_memory: for image folders with an ``image_size``, hold decoded images in memory
+            (True), stream them from disk (False) or decide by size, up to 2 GiB in memory
+            (None). Full-resolution folders and shards are streamed; other sources are always
+            in memory.
 
     Raises:
         DataError: the data is missing, empty, unreadable or of the wrong type or shape, or
@@ -86,6 +98,13 @@ def load_dataset(
 
         return load_torchvision(canonical, root_path or DEFAULT_DATA_ROOT, split, download)
 
+    from byol.datasets.shards import is_shard_pattern
+
+    if is_shard_pattern(name):
+        from byol.datasets.shards import load_shards
+
+        return load_shards(name, split=split, image_size=image_size,
+                           crop_fraction=crop_fraction, strict=strict)  # fmt: skip
     path = Path(name).expanduser()
     if path.is_dir():
         from byol.datasets.folder import load_folder
@@ -95,6 +114,7 @@ def load_dataset(
             path,
             split=split,
             image_size=image_size,
+            crop_fraction=crop_fraction,
             strict=strict,
             in_memory=in_memory,
         )

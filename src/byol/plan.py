@@ -49,6 +49,11 @@ class RunPlan:
     # The precision the run trains in, resolved from the config and the hardware at its start
     # (a resumed run keeps it).
     precision: str | None = None
+    # Whether the run trains on full-resolution files (a folder or shards read without
+    # --folder-image-size): its crops are cut from the whole files by the loader, and whole
+    # images are shown as the centre ``eval_crop_fraction`` of the shorter side.
+    full_resolution: bool = False
+    eval_crop_fraction: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
@@ -74,7 +79,9 @@ class RunPlan:
         """The two views' augmentation settings (the preset alone in plans of byol < 0.2)."""
         if self.view_configs is None:
             return AUGMENT_PRESETS[self.augment]
-        first, second = (ViewConfig(**view) for view in self.view_configs)
+        # Plans written before crop_law existed were trained with torchvision's law.
+        first, second = (ViewConfig(**{"crop_law": "torchvision", **view})
+                         for view in self.view_configs)  # fmt: skip
         return first, second
 
 
@@ -82,12 +89,16 @@ def resolve_views(
     preset: str,
     crop_min_scale: float | None = None,
     overrides: tuple[dict[str, Any], dict[str, Any]] = ({}, {}),
+    crop_law: str | None = None,
 ) -> tuple[ViewConfig, ViewConfig]:
-    """The preset's two views with ``crop_min_scale`` and each view's overrides applied."""
+    """The preset's two views with ``crop_min_scale``, ``crop_law`` and each view's overrides
+    applied."""
     views = []
     for view, changes in zip(AUGMENT_PRESETS[preset], overrides, strict=True):
         if crop_min_scale is not None:
             view = dataclasses.replace(view, crop_scale=(crop_min_scale, view.crop_scale[1]))
+        if crop_law is not None:
+            view = dataclasses.replace(view, crop_law=crop_law)
         views.append(dataclasses.replace(view, **changes))
     return views[0], views[1]
 
@@ -102,17 +113,27 @@ def augment_preset(config: TrainConfig, view_size: int) -> str:
     return "cifar" if view_size <= 64 else "imagenet"
 
 
+#: View side of full-resolution data when the config gives none: the paper's 224 px (or the
+#: median shorter side of the files, when smaller).
+FULL_RESOLUTION_VIEW_SIZE = 224
+#: The reference's evaluation crop: the centre 224 of a shorter side resized to 256.
+REFERENCE_EVAL_CROP_FRACTION = 224 / 256
+
+
 def make_plan(
     config: TrainConfig,
     *,
-    image_hw: tuple[int, int],
+    image_hw: tuple[int, int] | None,
     channels: int,
     mean: tuple[float, ...],
     std: tuple[float, ...],
     num_items: int,
     world_size: int = 1,
+    typical_side: int | None = None,
 ) -> RunPlan:
-    """The plan of a run of ``config`` on ``num_items`` images of ``image_hw`` pixels.
+    """The plan of a run of ``config`` on ``num_items`` images of ``image_hw`` pixels
+    (None: full-resolution files of varying size, whose median shorter side is
+    ``typical_side``).
 
     Views may be smaller than the images the encoder is evaluated on: a fully convolutional
     encoder trains several times faster on low-resolution crops and, as FixRes (Touvron et al.
@@ -120,8 +141,16 @@ def make_plan(
     test resolution matches (docs/presets.md measures it). Each rank gets an equal share of
     every batch, so the dataset is cut to a multiple of ``world_size``.
     """
-    view_size = config.image_size or min(image_hw)
+    full_resolution = image_hw is None
+    if image_hw is not None:
+        view_size = config.image_size or min(image_hw)
+    else:
+        view_size = config.image_size or min(FULL_RESOLUTION_VIEW_SIZE,
+                                             typical_side or FULL_RESOLUTION_VIEW_SIZE)  # fmt: skip
     image_size = config.eval_image_size or view_size
+    eval_crop_fraction = 1.0
+    if full_resolution:
+        eval_crop_fraction = config.eval_crop_fraction or REFERENCE_EVAL_CROP_FRACTION
     small_images = config.small_images
     if small_images is None:
         small_images = default_small_images(image_size)
@@ -136,8 +165,8 @@ def make_plan(
             "images); use --batch-size <= the number of images"
         )
     preset = augment_preset(config, view_size)
-    views = resolve_views(preset, config.crop_min_scale,
-                          (config.augment_view1, config.augment_view2))  # fmt: skip
+    overrides = (config.augment_view1, config.augment_view2)
+    views = resolve_views(preset, config.crop_min_scale, overrides, config.crop_law)
     return RunPlan(
         view_size=view_size, image_size=image_size, small_images=bool(small_images),
         augment=preset, channels=channels,
@@ -146,4 +175,5 @@ def make_plan(
         warmup_steps=round(config.warmup_epochs * steps_per_epoch),
         peak_lr=config.base_lr * config.batch_size / 256,
         view_configs=tuple(dataclasses.asdict(view) for view in views),
+        full_resolution=full_resolution, eval_crop_fraction=eval_crop_fraction,
     )  # fmt: skip

@@ -11,8 +11,10 @@ def test_crops_without_room_to_move_are_identity_or_flip():
     generator = torch.Generator().manual_seed(0)
     for out in (
         pad_crop_flip(images, 0, generator),
-        # Area 1 with a non-square ratio never fits: the fallback is the whole image.
-        random_resized_crop_flip(images, 6, (1.0, 1.0), generator),
+        # Area 1 with a non-square ratio never fits: torchvision's fallback is the whole image.
+        random_resized_crop_flip(images, 6, (1.0, 1.0), generator, law="torchvision"),
+        # The reference law at area 1 and ratio 1: the whole image.
+        random_resized_crop_flip(images, 6, (1.0, 1.0), generator, ratio=(1.0, 1.0)),
     ):
         assert out.shape == images.shape
         same = (out - images).abs().flatten(1).amax(1) < 1e-5

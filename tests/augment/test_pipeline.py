@@ -133,7 +133,7 @@ KS_CRITICAL = 1.95  # alpha = 0.001, times 1 / sqrt(n)
 
 def test_crop_area_and_log_ratio_follow_uniform_laws_when_every_box_fits():
     # scale <= 0.75 and ratio <= 4/3 give s * r <= 1: no draw is ever rejected.
-    config = replace_geometry(crop_scale=(0.08, 0.75))
+    config = replace_geometry(crop_scale=(0.08, 0.75), crop_law="torchvision")
     n = 16384
     box, area, log_ratio = crop_draws(config, n)
     bound = math.log(4 / 3)
@@ -151,7 +151,7 @@ def test_crop_law_is_the_uniform_law_restricted_to_boxes_that_fit():
     # 10 tries leave ~1e-8 of the samples to the fallback, so the kept draws follow the
     # uniform density restricted to that region.
     n = 16384
-    _, area, log_ratio = crop_draws(ViewConfig(), n)
+    _, area, log_ratio = crop_draws(ViewConfig(crop_law="torchvision"), n)
     a, bound = 0.08, math.log(4 / 3)
     norm = 2 * (1 - math.exp(-bound)) - 2 * a * bound
 
@@ -169,10 +169,49 @@ def test_crop_law_is_the_uniform_law_restricted_to_boxes_that_fit():
     assert area.max() <= 1.0 + 1e-9 and area.min() >= a - 1e-9
 
 
+def reference_law_boxes(n: int, h: int, w: int, seed: int) -> np.ndarray:
+    """The official code's _decode_and_random_crop, written out in numpy: one draw of area and
+    log-ratio, width and height rounded and clamped, integer offsets uniform."""
+    rng = np.random.default_rng(seed)
+    target = rng.uniform(0.08, 1.0, n) * h * w
+    ratio = np.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3), n))
+    bw = np.minimum(np.round(np.sqrt(target * ratio)), w)
+    bh = np.minimum(np.round(np.sqrt(target / ratio)), h)
+    x0 = np.floor(rng.uniform(0, 1, n) * (w - bw + 1))
+    y0 = np.floor(rng.uniform(0, 1, n) * (h - bh + 1))
+    return np.stack([x0, y0, x0 + bw, y0 + bh], axis=1)
+
+
+def two_sample_ks(a: np.ndarray, b: np.ndarray) -> float:
+    values = np.sort(np.concatenate([a, b]))
+    cdf_a = np.searchsorted(np.sort(a), values, side="right") / len(a)
+    cdf_b = np.searchsorted(np.sort(b), values, side="right") / len(b)
+    return float(np.abs(cdf_a - cdf_b).max())
+
+
+@pytest.mark.parametrize("h, w", [(256, 256), (300, 451), (640, 427)])
+def test_reference_crop_law_matches_the_official_code(h, w):
+    # The default law: area, aspect ratio and corner as the reference draws them, on square,
+    # wide (chelsea's 451 x 300) and tall (rocket's 427 x 640) images, against an independent
+    # numpy version of the official code (two-sample KS at alpha = 0.001).
+    n = 8192
+    box, area, log_ratio = crop_draws(replace_geometry(), n, h=h, w=w)
+    expected = reference_law_boxes(n, h, w, seed=7)
+    e_w, e_h = expected[:, 2] - expected[:, 0], expected[:, 3] - expected[:, 1]
+    critical = KS_CRITICAL * math.sqrt(2 / n)
+    assert two_sample_ks(area, e_w * e_h / (h * w)) < critical
+    assert two_sample_ks(log_ratio, np.log(e_w / e_h)) < critical
+    assert two_sample_ks(box[:, 0] / w, expected[:, 0] / w) < critical
+    # Whole pixels, inside the image; one draw, clamped, so a box may touch both sides.
+    np.testing.assert_array_equal(box, np.round(box))
+    assert box[:, :2].min() >= 0 and box[:, 2].max() <= w and box[:, 3].max() <= h
+    assert ((box[:, 2] - box[:, 0]) == w).any() or ((box[:, 3] - box[:, 1]) == h).any()
+
+
 def test_crop_falls_back_to_central_clamped_crop_when_nothing_fits():
     # The whole area at aspect <= 4/3 never fits a 16 x 64 image: every sample falls back to
     # the full height with the ratio clamped to 4/3, centred.
-    config = replace_geometry(crop_scale=(1.0, 1.0))
+    config = replace_geometry(crop_scale=(1.0, 1.0), crop_law="torchvision")
     box, _, _ = crop_draws(config, 32, h=16, w=64)
     width = 16 * 4 / 3
     expected = [(64 - width) / 2, 0.0, (64 + width) / 2, 16.0]
@@ -291,20 +330,24 @@ def test_gaussian_kernel_matches_formula_and_sums_to_one():
         gaussian_kernel1d(sigma, 4)
 
 
-def test_gaussian_blur_is_a_separable_reflect_padded_convolution():
+def test_gaussian_blur_is_a_separable_zero_padded_convolution():
+    # The reference blurs with a depthwise convolution, padding="SAME": zeros outside.
     x = rand_images(n=2, h=7, w=8, seed=4)
     sigma = torch.tensor([0.5, 1.5], dtype=torch.float64)
     out = gaussian_blur(x, sigma, 5)
     for i in range(2):
         k = gaussian_kernel1d(sigma[i], 5)
         kernel2d = torch.outer(k, k)
-        padded = np.pad(x[i].numpy(), ((0, 0), (2, 2), (2, 2)), mode="reflect")
+        padded = np.pad(x[i].numpy(), ((0, 0), (2, 2), (2, 2)), mode="constant")
         expected = np.zeros_like(x[i].numpy())
         for dy in range(5):
             for dx in range(5):
                 expected += kernel2d[dy, dx].item() * padded[:, dy : dy + 7, dx : dx + 8]
         np.testing.assert_allclose(out[i].numpy(), expected, atol=1e-12)
-    torch.testing.assert_close(gaussian_blur(torch.full_like(x, 0.3), sigma, 5), x * 0 + 0.3)
+    flat = gaussian_blur(torch.full_like(x, 0.3), sigma, 5)
+    # A constant image stays constant inside and darkens towards the zero border.
+    torch.testing.assert_close(flat[..., 2:-2, 2:-2], x[..., 2:-2, 2:-2] * 0 + 0.3)
+    assert bool((flat[..., 0, 0] < 0.3).all())
 
 
 def test_jitter_applies_the_reported_factors_in_the_reported_order():

@@ -1,13 +1,20 @@
 """Crops, flips and whole-image preparation: the geometry shared by training and evaluation.
 
-* :func:`crop_boxes` turns uniform draws into random-resized-crop boxes. Boxes are continuous
-  (not rounded to pixels): area fraction ``s ~ U(scale)`` of the image, aspect ratio
-  ``r = exp(U(log ratio))``, width ``sqrt(s A r)`` and height ``sqrt(s A / r)``. As in
-  torchvision, up to ``tries`` (s, r) pairs are drawn per sample and the first one whose box
-  fits inside the image is kept (so the law is the uniform one restricted to boxes that fit);
-  the box's top-left corner is then uniform over the positions that keep it inside. A sample
-  whose tries all fail takes a central crop: the whole image, its aspect ratio clamped into
-  ``ratio``.
+* :func:`crop_boxes` turns uniform draws into random-resized-crop boxes: area fraction
+  ``s ~ U(scale)`` of the image, aspect ratio ``r = exp(U(log ratio))``, width ``sqrt(s A r)``
+  and height ``sqrt(s A / r)``, under one of two laws (:data:`CROP_LAWS`):
+
+  - ``reference`` (the default; the official code's ``_decode_and_random_crop``): one (s, r)
+    draw, width and height rounded to whole pixels and clamped to the image, the top-left
+    corner uniform over the whole-pixel positions that keep the box inside. Clamping makes
+    large crops of a non-square image a little smaller and squarer than drawn.
+  - ``torchvision`` (``RandomResizedCrop``): up to ten (s, r) draws, the first whose box fits is
+    kept (the uniform law restricted to boxes that fit), continuous (sub-pixel) boxes, the
+    corner uniform over the positions inside; when no draw fits, the whole image with its
+    aspect ratio clamped into ``ratio``.
+* :class:`CropSampler` draws every view's box and flip for one image from (seed, epoch, index)
+  alone: the data loader's workers crop full-resolution files with it, so a sample's crops do
+  not depend on which worker decodes it, and a resumed run crops exactly as before.
 * :func:`resample_boxes` crops every box, resizes it and flips the flagged ones in one
   ``F.grid_sample`` call (``align_corners=False``, border padding) over per-sample
   axis-aligned grids; the flip negates the grid's x scale. Bilinear sampling does not
@@ -24,12 +31,17 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "CROP_LAWS",
     "CROP_TRIES",
+    "CropSampler",
     "crop_boxes",
     "pad_crop_flip",
     "prepare_whole_images",
@@ -38,6 +50,8 @@ __all__ = [
 ]
 
 CROP_TRIES = 10
+#: The random-resized-crop laws (see the module docstring).
+CROP_LAWS = ("reference", "torchvision")
 
 
 def crop_boxes(
@@ -50,15 +64,20 @@ def crop_boxes(
     width: int,
     scale: tuple[float, float],
     ratio: tuple[float, float],
+    law: str = "torchvision",
 ) -> torch.Tensor:
     """Random-resized-crop boxes (B, 4) as (x0, y0, x1, y1) in input pixels.
 
-    ``u_scale`` and ``u_ratio`` are (B, tries) uniform draws, ``u_x`` and ``u_y`` (B,).
+    ``u_scale`` and ``u_ratio`` are (B, tries) uniform draws, ``u_x`` and ``u_y`` (B,); the
+    ``reference`` law uses the first try only.
     """
+    if law == "reference":
+        return _reference_boxes(u_scale[:, 0], u_ratio[:, 0], u_x, u_y, height=height,
+                                width=width, scale=scale, ratio=ratio)  # fmt: skip
+    if law != "torchvision":
+        raise ValueError(f"unknown crop law {law!r}; valid choices: {', '.join(CROP_LAWS)}")
     area = float(height * width)
-    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    scales = scale[0] + (scale[1] - scale[0]) * u_scale
-    ratios = torch.exp(log_lo + (log_hi - log_lo) * u_ratio)
+    scales, ratios = _scales_and_ratios(u_scale, u_ratio, scale, ratio)
     widths = torch.sqrt(area * scales * ratios)
     heights = torch.sqrt(area * scales / ratios)
     fits = (widths <= width) & (heights <= height)
@@ -79,6 +98,76 @@ def crop_boxes(
     x0 = pos_x * (width - box_w)
     y0 = pos_y * (height - box_h)
     return torch.stack((x0, y0, x0 + box_w, y0 + box_h), dim=1)
+
+
+def _scales_and_ratios(
+    u_scale: torch.Tensor, u_ratio: torch.Tensor, scale: tuple[float, float],
+    ratio: tuple[float, float],
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    scales = scale[0] + (scale[1] - scale[0]) * u_scale
+    return scales, torch.exp(log_lo + (log_hi - log_lo) * u_ratio)
+
+
+def _reference_boxes(
+    u_scale: torch.Tensor, u_ratio: torch.Tensor, u_x: torch.Tensor, u_y: torch.Tensor, *,
+    height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
+) -> torch.Tensor:  # fmt: skip
+    """One draw per sample, whole pixels, clamped to the image (the official code's law)."""
+    scales, ratios = _scales_and_ratios(u_scale, u_ratio, scale, ratio)
+    area = float(height * width)
+    # Computed in float64 so that rounding agrees with the reference's float32 only at ties.
+    target = area * scales.double()
+    box_w = torch.sqrt(target * ratios.double()).round().clamp(1, width)
+    box_h = torch.sqrt(target / ratios.double()).round().clamp(1, height)
+    # Integer offsets uniform over 0 .. side - box (inclusive), as tf.random.uniform(int32).
+    x0 = torch.floor(u_x.double() * (width - box_w + 1)).clamp(max=width - box_w)
+    y0 = torch.floor(u_y.double() * (height - box_h + 1)).clamp(max=height - box_h)
+    boxes = torch.stack((x0, y0, x0 + box_w, y0 + box_h), dim=1)
+    return boxes.to(u_x.dtype if u_x.is_floating_point() else torch.float32)
+
+
+@dataclass(frozen=True)
+class CropSampler:
+    """Each view's crop box and flip for one image, a function of (seed, epoch, index) alone.
+
+    ``views`` holds, per view, ``(crop_scale, crop_ratio, flip_prob, crop_law)``; build it from
+    :class:`~byol.augment.ViewConfig` objects with :meth:`from_views`. Picklable, so DataLoader
+    workers can draw with it.
+
+    Example::
+
+        sampler = CropSampler.from_views(plan.views(), seed=0)
+        [(box1, flip1), (box2, flip2)] = sampler.draw(epoch=3, index=17, height=375, width=500)
+    """
+
+    views: tuple[tuple[tuple[float, float], tuple[float, float], float, str], ...]
+    seed: int
+
+    @classmethod
+    def from_views(cls, views: Sequence, seed: int) -> CropSampler:
+        """A sampler for ``views`` (ViewConfig objects)."""
+        return cls(
+            tuple((tuple(v.crop_scale), tuple(v.crop_ratio), float(v.flip_prob), v.crop_law)
+                  for v in views),
+            int(seed),
+        )  # fmt: skip
+
+    def draw(
+        self, epoch: int, index: int, height: int, width: int
+    ) -> list[tuple[tuple[float, float, float, float], bool]]:
+        """Per view, the box (x0, y0, x1, y1) on the ``height`` x ``width`` image and the flip."""
+        rng = np.random.default_rng((self.seed, epoch, index))
+        drawn = []
+        for crop_scale, crop_ratio, flip_prob, law in self.views:
+            u = torch.from_numpy(rng.random(2 * CROP_TRIES + 3)).float()[None]
+            box = crop_boxes(
+                u[:, :CROP_TRIES], u[:, CROP_TRIES : 2 * CROP_TRIES], u[:, 2 * CROP_TRIES],
+                u[:, 2 * CROP_TRIES + 1], height=height, width=width, scale=crop_scale,
+                ratio=crop_ratio, law=law,
+            )[0]  # fmt: skip
+            drawn.append((tuple(float(v) for v in box), bool(u[0, -1] < flip_prob)))
+        return drawn
 
 
 def resample_boxes(
@@ -122,6 +211,7 @@ def random_resized_crop_flip(
     generator: torch.Generator,
     *,
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    law: str = "reference",
 ) -> torch.Tensor:
     """Per-sample random resized crop of area ``scale`` to (size, size) plus a random h-flip,
     drawn from ``generator`` (a CPU generator; the boxes move to the images' device)."""
@@ -130,7 +220,7 @@ def random_resized_crop_flip(
     boxes = crop_boxes(
         uniforms[:, :CROP_TRIES], uniforms[:, CROP_TRIES : 2 * CROP_TRIES],
         uniforms[:, 2 * CROP_TRIES], uniforms[:, 2 * CROP_TRIES + 1],
-        height=h, width=w, scale=scale, ratio=ratio,
+        height=h, width=w, scale=scale, ratio=ratio, law=law,
     )  # fmt: skip
     flip = uniforms[:, 2 * CROP_TRIES + 2] < 0.5
     return resample_boxes(images, boxes, flip, (size, size))

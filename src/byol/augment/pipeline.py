@@ -8,7 +8,8 @@ normalisation. Every sample draws its own parameters; the batch stays on its dev
 How each step is computed:
 
 * **Crop, resize and flip**: :mod:`byol.augment.crops` (one ``grid_sample`` over per-sample
-  boxes, torchvision's ten-try law for the boxes).
+  boxes drawn with the view's ``crop_law``). Views cropped already (by the data loader's
+  workers, from full-resolution files: :meth:`BYOLAugment.from_crops`) skip this step.
 * **Colour jitter** loops over the 4 positions of the order; at each, every op runs only on the
   samples that have it at that position. Each jittered sample is thus processed once per op,
   about 4x less arithmetic than computing all four candidates at every position and
@@ -172,6 +173,36 @@ class BYOLAugment:
             return view1, view2, params1, params2
         return view1, view2
 
+    def from_crops(
+        self,
+        crops: torch.Tensor,
+        generator: torch.Generator | None = None,
+        return_params: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
+        """The two views from crops made already: ``crops`` is ``(B, 2, C, H, W)`` with
+        ``(H, W)`` the view size, view 1's crop and flip at ``[:, 0]`` and view 2's at ``[:, 1]``
+        (as the data loader's workers cut them from full-resolution files). Only the
+        photometric steps run here, drawn per sample as in :meth:`__call__`; ``params["crop"]``
+        is then the whole view and ``params["flip"]`` False.
+        """
+        if not isinstance(crops, torch.Tensor) or crops.dim() != 5 or crops.shape[1] != 2:
+            shape = tuple(crops.shape) if isinstance(crops, torch.Tensor) else type(crops).__name__
+            raise DataError(
+                f"from_crops expects a (B, 2, C, H, W) batch of crop pairs, got {shape}"
+            )
+        if tuple(crops.shape[-2:]) != self.size:
+            raise DataError(
+                f"crops of {tuple(crops.shape[-2:])} pixels given to an augmentation of views "
+                f"{self.size}: the loader must cut them at the view size"
+            )
+        view1, params1 = self._view(self._to_float(crops[:, 0]), self.configs[0], generator,
+                                    cropped=True)  # fmt: skip
+        view2, params2 = self._view(self._to_float(crops[:, 1]), self.configs[1], generator,
+                                    cropped=True)  # fmt: skip
+        if return_params:
+            return view1, view2, params1, params2
+        return view1, view2
+
     def view(
         self,
         batch: torch.Tensor,
@@ -215,7 +246,11 @@ class BYOLAugment:
         return batch
 
     def _view(
-        self, image: torch.Tensor, config: ViewConfig, generator: torch.Generator | None
+        self,
+        image: torch.Tensor,
+        config: ViewConfig,
+        generator: torch.Generator | None,
+        cropped: bool = False,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         b, c, h, w = image.shape
         rand_device = generator.device if generator is not None else image.device
@@ -223,7 +258,15 @@ class BYOLAugment:
         params = _draw_params(uniforms, config, h, w, c)
         device = image.device
 
-        out = resample_boxes(image, params["crop"], params["flip"], self.size, self.interpolation)
+        if cropped:  # the loader cropped, resized and flipped already
+            params["crop"] = torch.tensor([[0.0, 0.0, w, h]], device=rand_device).expand(b, 4)
+            params["flip"] = torch.zeros_like(params["flip"])
+            # A copy: the steps below work in place, and a float batch is the caller's.
+            out = image.clone(memory_format=torch.contiguous_format)
+        else:
+            out = resample_boxes(
+                image, params["crop"], params["flip"], self.size, self.interpolation
+            )
 
         if params["jitter"].any():
             out = _colour_jitter(out, params, config, c)
@@ -269,7 +312,7 @@ def _draw_params(
     crop = crop_boxes(
         uniforms[:, _U_SCALE], uniforms[:, _U_RATIO], uniforms[:, _U_POS_X],
         uniforms[:, _U_POS_Y], height=h, width=w, scale=config.crop_scale,
-        ratio=config.crop_ratio,
+        ratio=config.crop_ratio, law=config.crop_law,
     )  # fmt: skip
 
     u_factors = uniforms[:, _U_FACTORS]

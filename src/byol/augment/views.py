@@ -34,6 +34,9 @@ class ViewConfig:
 
     crop_scale: tuple[float, float] = (0.08, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    # "reference" (one draw, clamped, the official code) or "torchvision" (ten-try rejection);
+    # see byol.augment.crops.
+    crop_law: str = "reference"
     flip_prob: float = 0.5
     jitter_prob: float = 0.8
     brightness: float = 0.4
@@ -46,6 +49,10 @@ class ViewConfig:
     solarize_prob: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.crop_law not in ("reference", "torchvision"):
+            raise ConfigError(
+                f"ViewConfig.crop_law must be 'reference' or 'torchvision', got {self.crop_law!r}"
+            )
         for name in ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -74,13 +81,14 @@ _CIFAR2 = replace(_VIEW2, blur_prob=0.0)
 
 #: Named (view 1, view 2) configurations. ``imagenet`` is the paper's T / T'; ``cifar`` drops
 #: the blur, as CIFAR-scale reproductions do; ``fashion-mnist`` is ``cifar`` with crops of at
-#: least a quarter of the image (tuned, see docs/presets.md).
+#: least a quarter of the image and torchvision's crop law, the one it was tuned with
+#: (docs/presets.md).
 PRESETS: dict[str, tuple[ViewConfig, ViewConfig]] = {
     "imagenet": (_VIEW1, _VIEW2),
     "cifar": (_CIFAR1, _CIFAR2),
     # 28 px images: crops below a quarter of the image lose the garment (docs/presets.md).
     "fashion-mnist": (
-        replace(_CIFAR1, crop_scale=(0.25, 1.0)),
-        replace(_CIFAR2, crop_scale=(0.25, 1.0)),
+        replace(_CIFAR1, crop_scale=(0.25, 1.0), crop_law="torchvision"),
+        replace(_CIFAR2, crop_scale=(0.25, 1.0), crop_law="torchvision"),
     ),
 }

@@ -16,13 +16,18 @@ from byol.errors import DataError
 MEAN_STD_SAMPLE = 10_000
 # Images per step when summing statistics, so big in-memory sets never get a float copy.
 _STATS_CHUNK = 1024
+# Side of the thumbnails the statistics of a full-resolution stream are computed on.
+_STATS_SIDE = 64
 
 
 class ImageReader(Protocol):
-    """Decodes images of a streamed dataset by index (implemented by the folder source)."""
+    """Decodes images of a streamed dataset by index (:class:`byol.datasets.streamed.
+    StreamedImages`: folders and tar shards). ``image_size`` is None at full resolution."""
 
     channels: int
-    image_size: tuple[int, int]
+
+    @property
+    def image_size(self) -> tuple[int, int] | None: ...
 
     def __len__(self) -> int: ...
 
@@ -31,6 +36,12 @@ class ImageReader(Protocol):
     def read_many(self, indices: Sequence[int]) -> torch.Tensor: ...
 
     def subset(self, indices: Sequence[int]) -> ImageReader: ...
+
+    def at_size(self, size: int, crop_fraction: float = 1.0) -> ImageReader: ...
+
+    def typical_side(self) -> int | None: ...
+
+    def crops(self, epoch: int, index: int, sampler: Any, size: int) -> torch.Tensor: ...
 
 
 def _as_index_tensor(indices: Any) -> torch.Tensor:
@@ -56,6 +67,28 @@ class _IndexBatches:
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self._index_batches:
             yield _as_index_tensor(batch).tolist()
+
+
+class _EpochBatches:
+    """(epoch, index tensor) pairs as the DataLoader's lists of (epoch, index) keys."""
+
+    def __init__(self, keyed_batches: Iterable[tuple[int, torch.Tensor]]) -> None:
+        self._keyed_batches = keyed_batches
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for epoch, batch in self._keyed_batches:
+            yield [(int(epoch), index) for index in _as_index_tensor(batch).tolist()]
+
+
+class _CropPairs:
+    """A map-style dataset over (epoch, index) keys: the reader's training crops of each."""
+
+    def __init__(self, reader: ImageReader, sampler: Any, size: int) -> None:
+        self.reader, self.sampler, self.size = reader, sampler, size
+
+    def __getitem__(self, key: tuple[int, int]) -> torch.Tensor:
+        epoch, index = key
+        return self.reader.crops(epoch, index, self.sampler, self.size)
 
 
 @dataclass(eq=False)
@@ -118,12 +151,68 @@ class ImageData:
         return self._reader.channels
 
     @property
-    def image_size(self) -> tuple[int, int]:
-        """Image height and width in pixels."""
+    def image_size(self) -> tuple[int, int] | None:
+        """Image height and width in pixels; None for full-resolution files (sizes vary)."""
         if self.images is not None:
             return int(self.images.shape[2]), int(self.images.shape[3])
         assert self._reader is not None
         return self._reader.image_size
+
+    @property
+    def full_resolution(self) -> bool:
+        """Whether the images are files at their own, varying, resolution (a streamed folder
+        or shards without a fixed size): training crops them in the loader
+        (:meth:`crop_batches`), everything else shows them whole with :meth:`at_size`."""
+        return self.image_size is None
+
+    def typical_side(self) -> int | None:
+        """The median shorter side of the stored images (of the files, when streamed)."""
+        if self.images is not None:
+            return min(self.image_size or (0, 0))
+        assert self._reader is not None
+        return self._reader.typical_side()
+
+    def at_size(self, size: int, crop_fraction: float = 1.0) -> ImageData:
+        """Full-resolution files shown whole at ``size`` x ``size`` (the centre square of
+        ``crop_fraction`` of the shorter side, resized); other data is returned as it is
+        (whole images are resized on the device by the evaluators)."""
+        if not self.full_resolution:
+            return self
+        assert self._reader is not None
+        reader = self._reader.at_size(size, crop_fraction)
+        return ImageData(self.name, None, self.labels, self.classes, self.paths, _reader=reader)
+
+    def crop_batches(
+        self,
+        keyed_batches: Iterable[tuple[int, torch.Tensor]],
+        sampler: Any,
+        size: int,
+        *,
+        num_workers: int = 2,
+        pin_memory: bool = False,
+        prefetch_factor: int = 2,
+    ) -> Iterator[torch.Tensor]:
+        """Training crops of full-resolution files: one uint8 ``(B, V, C, size, size)`` batch
+        per ``(epoch, indices)`` pair, in order.
+
+        Every image's V views are cut from its whole decoded file as ``sampler`` draws them
+        from (seed, epoch, index) (:class:`byol.augment.crops.CropSampler`), by ``num_workers``
+        DataLoader processes with ``prefetch_factor`` batches each in flight: memory is bounded
+        by batch x workers x prefetch, not by the dataset. ``pin_memory`` only with CUDA.
+        """
+        if not self.full_resolution:
+            raise DataError(f"{self.name}: crop_batches needs full-resolution files")
+        assert self._reader is not None
+        loader = DataLoader(
+            _CropPairs(self._reader, sampler, size),  # type: ignore[arg-type]
+            batch_sampler=_EpochBatches(keyed_batches),  # type: ignore[arg-type]
+            num_workers=num_workers,
+            collate_fn=_stack_images,
+            pin_memory=pin_memory and torch.cuda.is_available(),
+            prefetch_factor=prefetch_factor if num_workers > 0 else None,
+            persistent_workers=False,
+        )
+        yield from loader
 
     def get(self, indices: torch.Tensor) -> torch.Tensor:
         """The images at ``indices`` as a uint8 ``(B, C, H, W)`` tensor."""
@@ -168,7 +257,8 @@ class ImageData:
         """Per-channel mean and standard deviation of the pixels, in [0, 1] units.
 
         Exact (population std) for in-memory data; for a streamed folder estimated from a
-        fixed random sample of at most 10,000 images (seed 0), so repeated calls agree.
+        fixed random sample of at most 10,000 images (seed 0), so repeated calls agree
+        (full-resolution files are read as 64 px thumbnails for it).
         """
         if self._stats is None:
             if self.images is not None:
@@ -177,13 +267,14 @@ class ImageData:
                     for start in range(0, len(self), _STATS_CHUNK)
                 )
             else:
+                source = self.at_size(_STATS_SIDE) if self.full_resolution else self
                 n = len(self)
                 sample = torch.arange(n)
                 if n > MEAN_STD_SAMPLE:
                     generator = torch.Generator().manual_seed(0)
                     sample = torch.randperm(n, generator=generator)[:MEAN_STD_SAMPLE].sort()[0]
                 chunks = (
-                    self.get(sample[start : start + _STATS_CHUNK // 4])
+                    source.get(sample[start : start + _STATS_CHUNK // 4])
                     for start in range(0, len(sample), _STATS_CHUNK // 4)
                 )
             self._stats = _channel_mean_std(chunks, self.channels)

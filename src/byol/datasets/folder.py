@@ -11,26 +11,29 @@ Layout rules (see :func:`load_folder`):
   sub-folders, the sub-folder names are the classes (sorted, as torchvision's ImageFolder);
   any other layout (flat, mixed or deeper) is unlabeled.
 * Every image is converted to RGB, or to 8-bit grayscale when all headers report a
-  grayscale mode; EXIF orientation is applied; the largest centred square is cut out and
-  resized (bicubic) to ``image_size`` x ``image_size``, so the shorter side becomes
-  ``image_size`` and the longer one is centre-cropped. Smaller images are upscaled.
+  grayscale mode; EXIF orientation is applied.
+* Resolution: by default (``image_size`` None) the images stay at their full resolution and
+  are streamed: training crops are cut from the whole decoded file
+  (:mod:`byol.datasets.decode`). With ``image_size`` the images are shown at a fixed size, the
+  centre square of ``crop_fraction`` of the shorter side resized (bicubic) to ``image_size``
+  (thumbnails, held in memory when they fit in 2 GiB).
+* Unreadable files (no image header, zero bytes, a decompression bomb) are skipped with one
+  warning naming them, or refused by name with ``strict``.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 
-from byol.datasets.base import ImageData
-from byol.errors import DataError
+from ..errors import DataError
+from .base import ImageData
+from .decode import GRAYSCALE_MODES, Source, decode_whole, image_header
+from .streamed import StreamedImages, thread_map
 
 IMAGE_EXTENSIONS = (
     ".jpg",
@@ -44,78 +47,28 @@ IMAGE_EXTENSIONS = (
     ".ppm",
     ".pgm",
 )
-DEFAULT_IMAGE_SIZE = 64
-# Decoded size above which a folder is streamed from disk rather than held in memory.
+# Decoded size above which a folder of thumbnails is streamed rather than held in memory.
 IN_MEMORY_LIMIT_BYTES = 2 * 1024**3
-_GRAYSCALE_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
-_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _LISTED_BAD_FILES = 5
 
-_T = TypeVar("_T")
-_R = TypeVar("_R")
 
-
-def _thread_map(function: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
-    # PIL releases the GIL while decoding and resizing, so threads give a real speed-up.
-    workers = min(8, os.cpu_count() or 1)
-    if workers == 1 or len(items) < 16:
-        return [function(item) for item in items]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(function, items))
-
-
-def decode_image(path: str, size: int, mode: str) -> np.ndarray:
-    """Decode ``path`` to a uint8 ``(C, size, size)`` array in ``mode`` ("L" or "RGB")."""
-    with Image.open(path) as source:
-        # JPEG can decode at a reduced scale that still covers size x size: much faster.
-        source.draft(mode, (size, size))
-        image = ImageOps.exif_transpose(source)
-        if image.mode in _SIXTEEN_BIT_MODES:
-            # PIL's own conversion clips 16-bit values at 255 instead of rescaling them.
-            image = Image.fromarray((np.asarray(image, dtype=np.uint32) // 257).astype(np.uint8))
-        if image.mode != mode:
-            image = image.convert(mode)
-        width, height = image.size
-        side = min(width, height)
-        left, top = (width - side) / 2, (height - side) / 2
-        image = image.resize(
-            (size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side)
-        )
-        array = np.array(image, dtype=np.uint8)  # a writable copy: torch wants one
-    return array[None] if array.ndim == 2 else np.ascontiguousarray(array.transpose(2, 0, 1))
-
-
-class FolderReader:
+class FolderReader(StreamedImages):
     """Decodes the images of a streamed folder by index; picklable for DataLoader workers."""
 
-    def __init__(self, paths: list[str], size: int, mode: str) -> None:
+    _per_image = ("paths",)
+
+    def __init__(self, paths: list[str], mode: str, **options) -> None:
+        super().__init__(mode, **options)
         self.paths = paths
-        self.size = size
-        self.mode = mode
-        self.channels = 1 if mode == "L" else 3
-        self.image_size = (size, size)
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        path = self.paths[index]
-        try:
-            return torch.from_numpy(decode_image(path, self.size, self.mode))
-        except Exception as error:  # PIL raises many error types on malformed files
-            raise DataError(
-                f"cannot decode image {path}: {error}. A streamed folder checks only file "
-                "headers up front; remove or replace this file."
-            ) from error
+    def source(self, index: int) -> Source:
+        return self.paths[index]
 
-    def read_many(self, indices: Sequence[int]) -> torch.Tensor:
-        """The images at ``indices`` as a uint8 ``(B, C, H, W)`` tensor."""
-        if not indices:
-            return torch.empty(0, self.channels, self.size, self.size, dtype=torch.uint8)
-        return torch.stack(_thread_map(self.__getitem__, list(indices)))
-
-    def subset(self, indices: Sequence[int]) -> FolderReader:
-        return FolderReader([self.paths[i] for i in indices], self.size, self.mode)
+    def name(self, index: int) -> str:
+        return self.paths[index]
 
 
 def resolve_split(folder: Path, split: str) -> Path:
@@ -155,12 +108,15 @@ def scan_images(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(folder).parts)
 
 
-def _header_mode(path: Path) -> tuple[str | None, str]:
+def _header(path: Path) -> tuple[str | None, int, str]:
+    """(mode, shorter side, "") from the file's header, or (None, 0, reason)."""
     try:
-        with Image.open(path) as image:
-            return image.mode, ""
+        if os.path.getsize(path) == 0:
+            return None, 0, "empty file (0 bytes)"
+        mode, width, height = image_header(str(path))
+        return mode, min(width, height), ""
     except Exception as error:  # PIL raises many error types on malformed files
-        return None, str(error) or type(error).__name__
+        return None, 0, str(error) or type(error).__name__
 
 
 def _report_bad_files(folder: Path, bad: list[tuple[str, str]], strict: bool) -> None:
@@ -184,17 +140,24 @@ def load_folder(
     *,
     split: str = "train",
     image_size: int | None = None,
+    crop_fraction: float = 1.0,
     strict: bool = False,
     in_memory: bool | None = None,
 ) -> ImageData:
     """Load an image folder (layout rules in the module docstring).
 
-    ``image_size`` defaults to 64. With ``in_memory=None`` the images are decoded into memory
-    when they take at most 2 GiB, else streamed: then only headers are read now and files
-    are decoded by index later. Unreadable files are skipped with one warning, or raise a
-    :class:`DataError` naming the first one when ``strict``.
+    ``image_size`` None keeps the full resolution: the folder is streamed (only headers are
+    read now) and training cuts its crops from the whole files. With ``image_size``, every
+    image is shown as the centre square of ``crop_fraction`` of its shorter side resized to
+    ``image_size``; with ``in_memory=None`` such thumbnails are decoded into memory when they
+    take at most 2 GiB, else streamed. Unreadable files are skipped with one warning, or raise
+    a :class:`DataError` naming the first one when ``strict``.
     """
-    size = DEFAULT_IMAGE_SIZE if image_size is None else image_size
+    if image_size is None and in_memory:
+        raise DataError(
+            f"image folder {folder}: full-resolution images vary in size and are streamed; "
+            "give an image size to hold thumbnails in memory"
+        )
     split_folder = resolve_split(folder, split)
     files = scan_images(split_folder)
     if not files:
@@ -203,31 +166,33 @@ def load_folder(
         )
 
     classes, file_labels = _class_layout(files, split_folder)
-    headers = _thread_map(_header_mode, files)
-    bad = [
-        (str(p), reason) for p, (mode, reason) in zip(files, headers, strict=True) if mode is None
-    ]
-    keep = [i for i, (mode, _) in enumerate(headers) if mode is not None]
+    headers = thread_map(_header, files)
+    bad = [(str(p), reason) for p, (mode, _, reason) in zip(files, headers, strict=True)
+           if mode is None]  # fmt: skip
+    keep = [i for i, (mode, _, _) in enumerate(headers) if mode is not None]
     if not keep:
         _report_bad_files(split_folder, bad, strict)
         raise DataError(f"none of the {len(files)} image files in {split_folder} can be read")
-    grayscale = all(headers[i][0] in _GRAYSCALE_MODES for i in keep)
+    grayscale = all(headers[i][0] in GRAYSCALE_MODES for i in keep)
     mode = "L" if grayscale else "RGB"
     channels = 1 if grayscale else 3
 
     paths = [str(files[i]) for i in keep]
+    sides = [headers[i][1] for i in keep]
     labels = [file_labels[i] for i in keep] if file_labels is not None else None
-    decoded_bytes = len(paths) * channels * size * size
     if in_memory is None:
-        in_memory = decoded_bytes <= IN_MEMORY_LIMIT_BYTES
+        decoded_bytes = len(paths) * channels * (image_size or 0) ** 2
+        in_memory = image_size is not None and decoded_bytes <= IN_MEMORY_LIMIT_BYTES
 
     if not in_memory:
         _report_bad_files(split_folder, bad, strict)
-        reader = FolderReader(paths, size, mode)
+        reader = FolderReader(paths, mode, size=image_size, crop_fraction=crop_fraction,
+                              sides=sides, strict=strict)  # fmt: skip
         label_tensor = torch.tensor(labels, dtype=torch.int64) if labels is not None else None
         return ImageData(name, None, label_tensor, classes, paths, _reader=reader)
 
-    images, good, failures = _decode_in_memory(paths, size, mode, channels)
+    assert image_size is not None
+    images, good, failures = _decode_in_memory(paths, image_size, mode, channels, crop_fraction)
     bad += failures
     # One report for header and decode failures together, in the files' sorted order.
     order = {str(path): position for position, path in enumerate(files)}
@@ -256,18 +221,18 @@ def _class_layout(files: list[Path], split_folder: Path) -> tuple[list[str] | No
 
 
 def _decode_in_memory(
-    paths: list[str], size: int, mode: str, channels: int
+    paths: list[str], size: int, mode: str, channels: int, crop_fraction: float
 ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
     """Decode every file into one array: (images, rows decoded, (path, reason) of failures)."""
     images = np.empty((len(paths), channels, size, size), dtype=np.uint8)
 
     def decode_into(row: int) -> str | None:
         try:
-            images[row] = decode_image(paths[row], size, mode)
+            images[row] = decode_whole(paths[row], size, mode, crop_fraction)
         except Exception as error:  # PIL raises many error types on malformed files
             return str(error) or type(error).__name__
         return None
 
-    reasons = _thread_map(decode_into, list(range(len(paths))))
+    reasons = thread_map(decode_into, list(range(len(paths))))
     failures = [(paths[row], reason) for row, reason in enumerate(reasons) if reason is not None]
     return images, [row for row, reason in enumerate(reasons) if reason is None], failures

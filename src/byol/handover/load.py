@@ -54,6 +54,10 @@ class EncoderInfo:
     data: str | None = None
     data_root: str | None = None
     folder_image_size: int | None = None
+    # Trained on full-resolution files: evaluated images are the centre eval_crop_fraction of
+    # the shorter side, resized to image_size.
+    full_resolution: bool = False
+    eval_crop_fraction: float = 1.0
     step: int | None = None
     source: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -139,6 +143,7 @@ def encoder_from_state(
         feature_dim=int(feature_dim), mean=plan.mean, std=plan.std, image_size=plan.image_size,
         byol_version=state.byol_version, view_size=plan.view_size, data=config.get("data"),
         data_root=config.get("data_root"), folder_image_size=config.get("folder_image_size"),
+        full_resolution=plan.full_resolution, eval_crop_fraction=plan.eval_crop_fraction,
         step=state.step, source=str(path),
     )  # fmt: skip
     return encoder.to(device).eval(), info
@@ -154,16 +159,19 @@ def load_data_for(
 ) -> ImageData:
     """Load ``split`` of ``data`` (default: the dataset the encoder was trained on).
 
-    Image folders are read at the encoder's training folder size. Raises :class:`DataError`
-    when the images do not have the channels the encoder expects.
+    Image folders and shards are read as the encoder was trained: at its thumbnail size
+    (``--folder-image-size``), or, for full-resolution training, as the centre
+    ``eval_crop_fraction`` of each image's shorter side resized to the evaluation size (in
+    memory when that fits in 2 GiB). Raises :class:`DataError` when the images do not have the
+    channels the encoder expects.
     """
     name = data if data is not None else info.data
     if name is None:
         raise ConfigError("no dataset given and the checkpoint does not name one; pass --data")
     root = data_root if data_root is not None else (info.data_root if data is None else None)
-    dataset = load_dataset(
-        name, root=root, split=split, download=download, image_size=info.folder_image_size
-    )
+    sizes = ({"image_size": info.image_size, "crop_fraction": info.eval_crop_fraction}
+             if info.full_resolution else {"image_size": info.folder_image_size})  # fmt: skip
+    dataset = load_dataset(name, root=root, split=split, download=download, **sizes)
     if len(dataset) == 0:
         raise DataError(f"dataset {name!r} split {split!r} has no images")
     if dataset.channels != info.in_channels:

@@ -7,6 +7,7 @@ from the step, so a run resumed at any step reads exactly the batches it would h
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -28,12 +29,15 @@ def index_batches(
     steps_per_epoch: int,
     seed: int,
     shard: Callable[[torch.Tensor], torch.Tensor] = lambda indices: indices,
-) -> Iterator[torch.Tensor]:
+    with_epoch: bool = False,
+) -> Iterator[Any]:
     """Index batches for optimizer steps ``start .. end - 1``; ``shard`` picks this process's
-    share of each global batch."""
+    share of each global batch. With ``with_epoch``, ``(epoch, indices)`` pairs (the loader's
+    crops of full-resolution files depend on the epoch)."""
     order = None
     for step in range(start, end):
         epoch, position = divmod(step, steps_per_epoch)
         if order is None or position == 0:
             order = epoch_order(num_items, seed, epoch)
-        yield shard(order[position * batch_size : (position + 1) * batch_size])
+        indices = shard(order[position * batch_size : (position + 1) * batch_size])
+        yield (epoch, indices) if with_epoch else indices

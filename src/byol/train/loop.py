@@ -99,10 +99,7 @@ class RunLoop:
         knn_step = -1
         # A re-planned run's length is open until it ends: index batches without an end.
         steps = itertools.count(start_step) if replan else range(start_step, self.end_step)
-        batches = data.batches(
-            self.batch_indices(start_step, 2**62 if replan else self.end_step),
-            num_workers=config.num_workers, pin_memory=self.device.type == "cuda",
-        )  # fmt: skip
+        batches = self.training_batches(data, start_step, 2**62 if replan else self.end_step)
         step = start_step
         self.model.train()
         for step, images in zip(steps, batches):
@@ -178,7 +175,8 @@ class RunLoop:
         without labels)."""
         plan = self.plan
         scores = monitor.score(self.model, mean=plan.mean, std=plan.std, size=plan.image_size,
-                               device=self.device)  # fmt: skip
+                               device=self.device,
+                               crop_fraction=plan.eval_crop_fraction)  # fmt: skip
         if writer:
             record = {"step": step, "epoch": step / plan.steps_per_epoch, **scores,
                       "knn_bank": len(monitor.bank)}  # fmt: skip

@@ -12,6 +12,7 @@ projections. Unlabelled data gets RankMe alone.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -48,11 +49,19 @@ class KnnMonitor:
                 f"{self.queries_from}")  # fmt: skip
 
     @torch.no_grad()
-    def score(self, model: torch.nn.Module, *, mean, std, size: int, device) -> dict[str, float]:
+    def score(
+        self, model: torch.nn.Module, *, mean, std, size: int, device, crop_fraction: float = 1.0
+    ) -> dict[str, float]:
         """``knn_top1`` (with labels), ``rankme`` of the bank's representations and
-        ``rankme_projection`` of their online projections."""
+        ``rankme_projection`` of their online projections. Full-resolution files are shown as
+        the centre ``crop_fraction`` of their shorter side at ``size``."""
         from ..evaluate import knn_accuracy, rankme
 
+        self.bank, self.queries = (
+            None if data is None else data.at_size(size, crop_fraction)
+            for data in (self.bank, self.queries)
+        )
+        assert self.bank is not None
         bank = _features(model.online_encoder, self.bank, mean, std, size, device)
         projector = model.online_projector
         was_training = projector.training
@@ -83,6 +92,27 @@ def _features(encoder, data: ImageData, mean, std, size, device) -> torch.Tensor
                       for images in data.batches(pieces, num_workers=0)])  # fmt: skip
 
 
+def check_view_size(config: TrainConfig, data: ImageData) -> None:
+    """Refuse training views larger than the images a folder was reduced to: each view would be
+    upsampled from a thumbnail, while the files themselves may have the pixels. Fixed-size
+    datasets (CIFAR, STL-10, arrays) may be upsampled on purpose: a warning says so."""
+    stored = data.image_size
+    if stored is None or not config.image_size or config.image_size <= min(stored):
+        return
+    if config.folder_image_size is not None:
+        raise ConfigError(
+            f"--image-size {config.image_size} is larger than the --folder-image-size "
+            f"{config.folder_image_size} thumbnails the folder {config.data} is read as: every "
+            "view would be upsampled. Drop --folder-image-size to crop the views from the "
+            "full-resolution files, or ask for views of at most the thumbnail size"
+        )
+    warnings.warn(
+        f"--image-size {config.image_size} is larger than the {min(stored)} px images of "
+        f"{config.data}: every training view is upsampled from them",
+        stacklevel=3,
+    )
+
+
 def load_training_data(config: TrainConfig) -> tuple[ImageData, KnnMonitor | None]:
     """The pre-training data and, when the data is labelled, the k-NN monitor."""
     split = default_pretrain_split(config.data)
@@ -92,6 +122,7 @@ def load_training_data(config: TrainConfig) -> tuple[ImageData, KnnMonitor | Non
     )  # fmt: skip
     if len(data) == 0:
         raise DataError(f"dataset {config.data!r} has no images")
+    check_view_size(config, data)
     queries, queries_from = None, "test split"
     labeled = data.labels is not None and bool((data.labels >= 0).any())
     if config.holdout:

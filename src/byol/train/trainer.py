@@ -28,6 +28,7 @@ import torch
 
 from .. import backbones
 from ..augment import BYOLAugment
+from ..augment.crops import CropSampler
 from ..checkpoint import CheckpointManager
 from ..config import TrainConfig
 from ..data import ImageData
@@ -104,13 +105,14 @@ class Trainer(RunLoop):
         self.plan = make_plan(
             config, image_hw=data.image_size, channels=data.channels, mean=mean, std=std,
             num_items=len(data), world_size=self.dist.world_size,
+            typical_side=data.typical_side(),
         )  # fmt: skip
         plan = self.plan
         # Same seed, same initial weights on every rank (and in a resumed run's first build).
         torch.manual_seed(config.seed)
         encoder, feature_dim = backbones.build(
             config.arch, small_images=plan.small_images, in_channels=plan.channels,
-            image_size=plan.view_size,
+            image_size=plan.view_size, zero_init_residual=config.zero_init_residual,
         )  # fmt: skip
         if config.init_weights:  # before BYOL copies the encoder into the target
             load_init_weights(encoder, config.init_weights, strict=config.init_strict)
@@ -121,6 +123,9 @@ class Trainer(RunLoop):
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.augment = BYOLAugment(plan.views(), plan.view_size, mean=plan.mean, std=plan.std)
+        # Full-resolution files are cropped by the loader's workers, from (seed, epoch, index).
+        self.crop_sampler = (CropSampler.from_views(plan.views(), config.seed)
+                             if plan.full_resolution else None)  # fmt: skip
         self.optimizer = LARS(
             param_groups(self.model, config.weight_decay), lr=0.0, momentum=config.momentum,
             trust_coefficient=config.trust_coefficient,
@@ -146,11 +151,25 @@ class Trainer(RunLoop):
 
     def batch_indices(self, start: int, end: int) -> Iterator[torch.Tensor]:
         """Index batches for optimizer steps start..end-1 (this rank's share of each)."""
+        return (indices for _, indices in self._keyed_batches(start, end))
+
+    def _keyed_batches(self, start: int, end: int) -> Iterator[tuple[int, torch.Tensor]]:
         return index_batches(
             start, end, num_items=self.num_items, batch_size=self.config.batch_size,
             steps_per_epoch=self.plan.steps_per_epoch, seed=self.config.seed,
-            shard=self.dist.shard,
+            shard=self.dist.shard, with_epoch=True,
         )  # fmt: skip
+
+    def training_batches(self, data: ImageData, start: int, end: int) -> Iterator[torch.Tensor]:
+        """The uint8 batches of steps start..end-1: images ``(B, C, H, W)`` that the step
+        crops on the device, or, for full-resolution files, crop pairs ``(B, 2, C, S, S)`` cut
+        by the loader's workers."""
+        options = {"num_workers": self.config.num_workers,
+                   "pin_memory": self.device.type == "cuda"}  # fmt: skip
+        if self.crop_sampler is not None:
+            return data.crop_batches(self._keyed_batches(start, end), self.crop_sampler,
+                                     self.plan.view_size, **options)  # fmt: skip
+        return data.batches(self.batch_indices(start, end), **options)
 
     # ------------------------------------------------------------------ the update
     def step(
@@ -190,8 +209,12 @@ class Trainer(RunLoop):
         self, images: torch.Tensor, parts: int, *, last: bool, mark: Callable[[str], None] | None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Two views of ``images``, the loss, and its gradient (scaled by 1/``parts``) added to
-        the online parameters' ``.grad``. DDP averages gradients on the last part only."""
-        view1, view2 = self.augment(images, generator=self.generator)
+        the online parameters' ``.grad``. DDP averages gradients on the last part only.
+        A 5-D batch holds crop pairs made by the loader: only the photometric steps remain."""
+        if images.dim() == 5:
+            view1, view2 = self.augment.from_crops(images, generator=self.generator)
+        else:
+            view1, view2 = self.augment(images, generator=self.generator)
         if self.config.channels_last:
             view1 = view1.contiguous(memory_format=torch.channels_last)
             view2 = view2.contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,127 @@
+"""Decoding one image file to uint8 arrays: the whole image at a fixed size, or training crops.
+
+Two geometries, both computed by PIL on the CPU (in DataLoader workers when streaming):
+
+* :func:`decode_whole` - how a stored image is shown whole: the centre square of
+  ``crop_fraction`` of the shorter side (the reference's 224/256 = 0.875 for evaluation; 1.0,
+  the whole square, for thumbnails), resized (bicubic, antialiased) to ``size`` x ``size``.
+* :func:`decode_crops` - the training crops of one image: boxes drawn on the **full** decoded
+  image (a :class:`byol.augment.crops.CropSampler` gives them), each resized (bicubic,
+  antialiased) to the view size and flipped where drawn.
+
+Both decode a JPEG at the smallest of its 1/1, 1/2, 1/4, 1/8 scales that still covers what
+is cut from it at the output size (PIL ``draft``): no output pixel is made from fewer stored
+pixels than a full decode would give. Every image is converted to RGB (or 8-bit grayscale),
+EXIF orientation applied, 16-bit images rescaled to 8 bits.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageOps
+
+__all__ = ["GRAYSCALE_MODES", "decode_crops", "decode_whole", "image_header", "open_image"]
+
+GRAYSCALE_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+# EXIF orientations that rotate by 90 degrees, so that the stored width is the shown height.
+_TRANSPOSED_ORIENTATIONS = frozenset({5, 6, 7, 8})
+_EXIF_ORIENTATION = 0x0112
+
+#: Where an image comes from: a file path, or its bytes (a member of a tar shard).
+Source = str | Path | bytes
+
+Boxes = list[tuple[tuple[float, float, float, float], bool]]
+
+
+def open_image(source: Source) -> Image.Image:
+    """``Image.open`` on a path or bytes; a decompression bomb raises instead of warning."""
+    stream: str | Path | BinaryIO = io.BytesIO(source) if isinstance(source, bytes) else source
+    with warnings.catch_warnings():
+        # PIL warns between MAX_IMAGE_PIXELS and twice that and raises above; refuse both.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            return Image.open(stream)
+        except Image.DecompressionBombWarning as warning:
+            raise Image.DecompressionBombError(f"decompression bomb: {warning}") from None
+
+
+def image_header(source: Source) -> tuple[str, int, int]:
+    """(mode, width, height) as the image will be shown (EXIF orientation applied), read from
+    the header only."""
+    with open_image(source) as image:
+        width, height = image.size
+        if _orientation(image) in _TRANSPOSED_ORIENTATIONS:
+            width, height = height, width
+        return image.mode, width, height
+
+
+def decode_whole(source: Source, size: int, mode: str, crop_fraction: float = 1.0) -> np.ndarray:
+    """The image as a uint8 ``(C, size, size)`` array in ``mode`` ("L" or "RGB"): the centre
+    square of ``crop_fraction`` of its shorter side, resized to ``size``."""
+
+    def centre_box(height: int, width: int) -> Boxes:
+        side = min(width, height) * crop_fraction
+        left, top = (width - side) / 2, (height - side) / 2
+        return [((left, top, left + side, top + side), False)]
+
+    return decode_crops(source, size, mode, centre_box)[0]
+
+
+def decode_crops(
+    source: Source, size: int, mode: str, boxes_for: Callable[[int, int], Boxes]
+) -> np.ndarray:
+    """Crops of one image as a uint8 ``(V, C, size, size)`` array.
+
+    ``boxes_for(height, width)`` gets the size of the image as shown (EXIF orientation
+    applied) and returns each crop's box ``(x0, y0, x1, y1)`` in those pixels and whether to
+    flip it horizontally.
+    """
+    with open_image(source) as stored:
+        stored_w, stored_h = stored.size
+        transposed = _orientation(stored) in _TRANSPOSED_ORIENTATIONS
+        width, height = (stored_h, stored_w) if transposed else (stored_w, stored_h)
+        boxes = boxes_for(height, width)
+        # The decode scale that still gives every box at least ``size`` pixels a side.
+        smallest_side = min(min(x1 - x0, y1 - y0) for (x0, y0, x1, y1), _ in boxes)
+        scale = min(1.0, size / max(smallest_side, 1e-6))
+        stored.draft(mode, (math.ceil(stored_w * scale), math.ceil(stored_h * scale)))
+        image = _as_mode(ImageOps.exif_transpose(stored), mode)
+        scale_x, scale_y = image.size[0] / width, image.size[1] / height
+        crops = []
+        for (x0, y0, x1, y1), flip in boxes:
+            box = (x0 * scale_x, y0 * scale_y, x1 * scale_x, y1 * scale_y)
+            crop = image.resize((size, size), Image.Resampling.BICUBIC, box=box)
+            if flip:
+                crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            crops.append(np.asarray(crop, dtype=np.uint8))
+    stacked = np.stack(crops)
+    return (
+        stacked[:, None]
+        if stacked.ndim == 3
+        else np.ascontiguousarray(stacked.transpose(0, 3, 1, 2))
+    )
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # a malformed EXIF block: show the image as stored
+        return 1
+
+
+def _as_mode(image: Image.Image, mode: str) -> Image.Image:
+    if image.mode in _SIXTEEN_BIT_MODES or image.mode == "I":
+        # PIL's own conversion clips 16-bit values at 255 instead of rescaling them.
+        values = np.asarray(image, dtype=np.int64)
+        if image.mode != "I" or values.max(initial=0) > 255:
+            values = values // 257
+        image = Image.fromarray(values.clip(0, 255).astype(np.uint8))
+    return image if image.mode == mode else image.convert(mode)
