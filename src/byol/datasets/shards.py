@@ -50,21 +50,21 @@ def expand_pattern(pattern: str) -> list[str]:
     """The shard paths of ``pattern``: ``{0..9}`` ranges, ``{a,b}`` choices, ``::`` lists."""
     if "::" in pattern:
         return [path for part in pattern.split("::") for path in expand_pattern(part.strip())]
-    match = _RANGE.search(pattern)
-    if match:
-        low, high = match.group(1), match.group(2)
-        if int(low) > int(high):
-            raise DataError(f"shard pattern {pattern!r}: range {match.group(0)} is empty")
-        width = len(low) if low.startswith("0") or len(low) == len(high) else 0
-        head, tail = pattern[: match.start()], pattern[match.end() :]
-        return [path for number in range(int(low), int(high) + 1)
-                for path in expand_pattern(f"{head}{str(number).zfill(width)}{tail}")]  # fmt: skip
-    match = _CHOICE.search(pattern)
-    if match:
-        head, tail = pattern[: match.start()], pattern[match.end() :]
+    # The leftmost brace first, as shell brace expansion (and webdataset) order the names.
+    found = [m for m in (_RANGE.search(pattern), _CHOICE.search(pattern)) if m is not None]
+    if not found:
+        return [pattern]
+    match = min(found, key=lambda m: m.start())
+    head, tail = pattern[: match.start()], pattern[match.end() :]
+    if match.re is _CHOICE:
         return [path for choice in match.group(1).split(",")
                 for path in expand_pattern(f"{head}{choice}{tail}")]  # fmt: skip
-    return [pattern]
+    low, high = match.group(1), match.group(2)
+    if int(low) > int(high):
+        raise DataError(f"shard pattern {pattern!r}: range {match.group(0)} is empty")
+    width = len(low) if low.startswith("0") or len(low) == len(high) else 0
+    return [path for number in range(int(low), int(high) + 1)
+            for path in expand_pattern(f"{head}{str(number).zfill(width)}{tail}")]  # fmt: skip
 
 
 class ShardReader(StreamedImages):

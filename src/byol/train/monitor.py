@@ -97,7 +97,16 @@ def check_view_size(config: TrainConfig, data: ImageData) -> None:
     upsampled from a thumbnail, while the files themselves may have the pixels. Fixed-size
     datasets (CIFAR, STL-10, arrays) may be upsampled on purpose: a warning says so."""
     stored = data.image_size
-    if stored is None or not config.image_size or config.image_size <= min(stored):
+    if stored is None:
+        typical = data.typical_side()
+        if typical and config.image_size and config.image_size > typical:
+            warnings.warn(
+                f"--image-size {config.image_size} is larger than the shorter side of most "
+                f"images of {config.data} (median {typical} px): their views are upsampled",
+                stacklevel=3,
+            )
+        return
+    if not config.image_size or config.image_size <= min(stored):
         return
     if config.folder_image_size is not None:
         raise ConfigError(
