@@ -82,10 +82,10 @@ def test_shards_load_as_labelled_full_resolution_samples(tmp_path):
 
 def test_bad_shards_and_members_are_named(tmp_path):
     write_shards(tmp_path, shards=1, per_shard=1)  # train-000000.tar only
-    with pytest.raises(DataError, match="train-000001.tar does not exist"):
+    with pytest.raises(DataError, match=r"train-000001\.tar does not exist"):
         load_dataset(str(tmp_path / "train-{000000..000001}.tar"))
     (tmp_path / "gz.tar").write_bytes(b"\x1f\x8b" + b"0" * 2000)
-    with pytest.raises(DataError, match="gz.tar"):
+    with pytest.raises(DataError, match=r"gz\.tar"):
         load_dataset(str(tmp_path / "gz.tar"))
     with tarfile.open(tmp_path / "bad.tar", "w") as tar:
         add(tar, "a/0.jpg", jpeg_bytes(photo("astronaut")))
@@ -97,7 +97,7 @@ def test_bad_shards_and_members_are_named(tmp_path):
     sampler = CropSampler.from_views((ViewConfig(), ViewConfig()), seed=0)
     with pytest.warns(UserWarning, match="bad.tar:a/2"):
         next(data.crop_batches([(0, torch.tensor([1]))], sampler, 16, num_workers=0))
-    with pytest.raises(DataError, match="bad.tar:a/1.jpg"):
+    with pytest.raises(DataError, match=r"bad\.tar:a/1\.jpg"):
         load_dataset(str(tmp_path / "bad.tar"), strict=True)
 
 
