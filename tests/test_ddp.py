@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -455,3 +456,52 @@ def test_cpu_sync_batchnorm_is_plain_batchnorm_in_one_process():
 
 if __name__ == "__main__":
     WORKERS[sys.argv[1]](Path(sys.argv[2]))
+
+
+def _rank_pids(parent: int, rank: str) -> list[int]:
+    """Processes under ``parent`` whose environment says RANK=``rank``."""
+    found, pending = [], [parent]
+    while pending:
+        pid = pending.pop()
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            if f"RANK={rank}".encode() in environ and pid != parent:
+                found.append(pid)
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                pending += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_a_killed_rank_restarts_the_group_which_resumes_bitwise(tmp_path):
+    # torchrun --max-restarts 1: SIGKILL rank 1 mid-run; the agent restarts both ranks, which
+    # resume the run folder from its last checkpoint and end equal to an uninterrupted run.
+
+    data = tiny_images(tmp_path / "images.npy")
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    launch = ["--standalone", "--nproc-per-node=2", "--max-restarts=1"]
+    for out in (straight, killed):
+        args = [*_cli_args(data, out, 40), "--epochs", "10", "--precision", "fp32"]
+        if out == straight:
+            result = _torchrun(launch, ["-m", "byol", *args])
+            assert result.returncode == 0, result.stderr[-3000:]
+            continue
+        command = [sys.executable, "-m", "torch.distributed.run", *launch, "-m", "byol", *args]
+        process = subprocess.Popen(command, env=_child_env(), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True)  # fmt: skip
+        deadline = time.monotonic() + TIMEOUT
+        while not (out / "checkpoints" / "step-00000004.pt").exists():
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        victims = _rank_pids(process.pid, "1")
+        assert victims, "rank 1 not found"
+        os.kill(victims[0], signal.SIGKILL)
+        _, stderr = process.communicate(timeout=TIMEOUT)
+        assert process.returncode == 0, stderr[-3000:]
+        assert "byol: resuming" in stderr
+    a = load_checkpoint(straight / "checkpoints" / "last.pt")
+    b = load_checkpoint(killed / "checkpoints" / "last.pt")
+    assert a["step"] == b["step"] == 40
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

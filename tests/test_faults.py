@@ -396,14 +396,16 @@ def test_messy_folder_trains_on_the_good_images_with_one_warning(tmp_path):
     broken = make_messy_folder(tmp_path / "images")
     out = tmp_path / "run"
     code, err, caught = run_cli([*FOLDER_RUN, "--data", str(tmp_path / "images"),
-                                 "--image-size", "16", "--out", str(out)])  # fmt: skip
+                                 "--image-size", "10", "--eval-image-size", "16",
+                                 "--out", str(out)])  # fmt: skip
     assert code == 0, err
     skipped = [w for w in caught if "unreadable image file" in w]
     assert len(skipped) == 1
     assert skipped[0].startswith(f"skipped 4 unreadable image file(s) in {tmp_path / 'images'}")
     assert all(path in skipped[0] for path in broken) and "--strict" in skipped[0]
     # 10 good images at batch 4: 2 steps, on 3 channels (any colour image makes the set RGB),
-    # with the 16-pixel crop larger than the 12-pixel stored images.
+    # evaluated at 16 px, larger than the 12-pixel stored images (views larger than the
+    # thumbnails are refused: tests/datasets/test_full_resolution.py).
     checkpoint = load_checkpoint(out / "checkpoints" / "last.pt")
     assert checkpoint["step"] == checkpoint["total_steps"] == 2
     assert checkpoint["plan"]["channels"] == 3 and checkpoint["plan"]["image_size"] == 16

@@ -169,8 +169,10 @@ def load_data_for(
     if name is None:
         raise ConfigError("no dataset given and the checkpoint does not name one; pass --data")
     root = data_root if data_root is not None else (info.data_root if data is None else None)
-    sizes = ({"image_size": info.image_size, "crop_fraction": info.eval_crop_fraction}
-             if info.full_resolution else {"image_size": info.folder_image_size})  # fmt: skip
+    # A folder or shards: as the training thumbnails, else whole at the evaluation size (the
+    # centre eval_crop_fraction of the shorter side); other sources ignore both.
+    sizes = {"image_size": info.folder_image_size or info.image_size,
+             "crop_fraction": info.eval_crop_fraction}  # fmt: skip
     dataset = load_dataset(name, root=root, split=split, download=download, **sizes)
     if len(dataset) == 0:
         raise DataError(f"dataset {name!r} split {split!r} has no images")

@@ -108,7 +108,7 @@ def check_view_size(config: TrainConfig, data: ImageData) -> None:
         return
     if not config.image_size or config.image_size <= min(stored):
         return
-    if config.folder_image_size is not None:
+    if config.folder_image_size is not None and data.paths is not None:  # folder thumbnails
         raise ConfigError(
             f"--image-size {config.image_size} is larger than the --folder-image-size "
             f"{config.folder_image_size} thumbnails the folder {config.data} is read as: every "
