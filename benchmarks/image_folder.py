@@ -5,6 +5,7 @@ Subcommands (run in this order; the folder is built outside the repository):
     python benchmarks/image_folder.py make /tmp/imagenet-like --count 20000
     python benchmarks/image_folder.py loader /tmp/imagenet-like [--rounds 3] [--batches 12]
     python benchmarks/image_folder.py memory /tmp/imagenet-like --counts 5000 20000
+    python benchmarks/image_folder.py profile /tmp/imagenet-like
     python benchmarks/image_folder.py step [--batch 8]
     python benchmarks/image_folder.py write   # the results gathered so far into RESULTS.md
 
@@ -133,6 +134,48 @@ def loader(folder: Path, rounds: int, batches: int, batch: int) -> None:
     print(json.dumps(medians, indent=1))
 
 
+def profile(folder: Path, count: int = 300) -> None:
+    """Where one image's time goes in byol's worker: decode, the two resizes, the draw."""
+    import simplejpeg  # only to measure it against PIL: pip install simplejpeg
+    from PIL import Image
+
+    from byol.augment import ViewConfig
+    from byol.augment.crops import CropSampler
+    from byol.datasets.decode import decode_crops
+
+    paths = sorted(folder.glob("class0/*.jpg"))[:count]
+    sampler = CropSampler.from_views((ViewConfig(), ViewConfig()), seed=0)
+    blobs = [path.read_bytes() for path in paths]
+
+    def timed(function) -> float:
+        function()
+        start = time.perf_counter()
+        function()
+        return (time.perf_counter() - start) / len(paths) * 1e3
+
+    def whole() -> None:
+        for i, path in enumerate(paths):
+            decode_crops(str(path), 224, "RGB", lambda h, w, i=i: sampler.draw(0, i, h, w))
+
+    decoded = [Image.fromarray(simplejpeg.decode_jpeg(blob)) for blob in blobs]
+    boxes = [sampler.draw(0, i, im.size[1], im.size[0]) for i, im in enumerate(decoded)]
+
+    def resizes() -> None:
+        for image, views in zip(decoded, boxes, strict=True):
+            for box, _ in views:
+                image.resize((224, 224), Image.Resampling.BICUBIC, box=box)
+
+    breakdown = {
+        "total_ms": timed(whole),
+        "decode_ms": timed(lambda: [simplejpeg.decode_jpeg(blob) for blob in blobs]),
+        "pil_decode_ms": timed(lambda: [Image.open(p).load() for p in paths]),
+        "two_resizes_ms": timed(resizes),
+        "draw_ms": timed(lambda: [sampler.draw(0, i, 375, 500) for i in range(len(paths))]),
+    }
+    _store("profile", {**breakdown, "machine": _machine(), "date": _today()})
+    print(json.dumps(breakdown, indent=1))
+
+
 def _pss_of_tree(pid: int) -> int:
     """Summed PSS (bytes) of ``pid`` and its descendants."""
     total = 0
@@ -237,6 +280,14 @@ def write() -> None:
             lines.append(f"| {int(count):,} | {row['peak_pss_gib']:.2f} GiB | "
                          f"{row['seconds']:.0f} s |")  # fmt: skip
         lines.append("")
+    if "profile" in data:
+        prof = data["profile"]
+        lines += [f"Where a worker's time goes, per image, one process "
+                  f"(`profile DIR`): {prof['total_ms']:.2f} ms in all; JPEG decode "
+                  f"{prof['pil_decode_ms']:.2f} ms (PIL; simplejpeg, tried as a faster decoder: "
+                  f"{prof['decode_ms']:.2f} ms, so not used), "
+                  f"the two 224 px bicubic antialiased resizes {prof['two_resizes_ms']:.2f} ms "
+                  f"(PIL), drawing the boxes {prof['draw_ms']:.3f} ms.", ""]  # fmt: skip
     if "step" in data and "loader" in data:
         rate = data["step"]["resnet50_224_images_per_s"]
         ours = data["loader"]["images_per_s_per_core"]["byol"]
@@ -244,6 +295,22 @@ def write() -> None:
                   f"{data['step']['precision']}: the step trains {rate:.2f} images/s on this "
                   f"CPU; one loader core cuts {ours:.1f} images/s of crop pairs, "
                   f"{ours / rate:.0f}x the step (`step`)."]  # fmt: skip
+    if {"loader", "memory", "step"} <= data.keys():
+        rates = data["loader"]["images_per_s_per_core"]
+        against = rates["byol"] / rates["torchvision uint8"]
+        peaks = [row["peak_pss_gib"] for row in data["memory"]["epochs"].values()]
+        lines += ["", "Against the issue's targets: two crops per core at >= 2x torchvision's "
+                  f"pipeline: **not met** ({against:.2f}x its uint8 form, "
+                  f"{rates['byol'] / rates['torchvision float']:.2f}x the float form BYOL code "
+                  "ships). Both spend most of their time in the same PIL bicubic resize (the "
+                  "profile above); what would remove it is a faster resize (a SIMD build of "
+                  "Pillow, or cropping and resizing on the GPU after nvJPEG decoding), not the "
+                  "loader around it. Memory: peak "
+                  f"{max(peaks):.2f} GiB, under 2 GiB and flat from 5k to 20k images: **met**. "
+                  "Loader >= 5x the ResNet-50 step on this CPU: **met**. No GPU was lent, so "
+                  "the GPU decode path (`decode_jpeg(device='cuda')`) is not built or measured. "
+                  "The loader rounds ran with simplejpeg decoding plain JPEGs, whose decode "
+                  "then measured equal to PIL's, so byol now decodes with PIL only."]  # fmt: skip
     write_section("image-folder", "\n".join(lines))
 
 
@@ -278,6 +345,8 @@ def main() -> None:
     p = commands.add_parser("memory")
     p.add_argument("folder", type=Path)
     p.add_argument("--counts", type=int, nargs="+", default=[5000, 20000])
+    p = commands.add_parser("profile")
+    p.add_argument("folder", type=Path)
     p = commands.add_parser("step")
     p.add_argument("--batch", type=int, default=8)
     commands.add_parser("write")
@@ -291,6 +360,8 @@ def main() -> None:
         memory(args.folder, args.counts)
     elif args.command == "step":
         step(args.batch)
+    elif args.command == "profile":
+        profile(args.folder)
     else:
         write()
 

@@ -1,9 +1,19 @@
 """Crop boxes, resampling, pad-crop-flip and whole-image preparation (byol.augment.crops)."""
 
+import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
-from byol.augment.crops import pad_crop_flip, prepare_whole_images, random_resized_crop_flip
+from byol.augment import ViewConfig
+from byol.augment.crops import (
+    CROP_TRIES,
+    CropSampler,
+    crop_boxes,
+    pad_crop_flip,
+    prepare_whole_images,
+    random_resized_crop_flip,
+)
 
 
 def test_crops_without_room_to_move_are_identity_or_flip():
@@ -49,3 +59,28 @@ def test_whole_images_are_centre_cropped_on_the_shorter_side():
     assert prepare_whole_images(square, None) is square
     # A crop fraction keeps the centre: 8 px at 0.5 -> the middle 4 px, resized to 2.
     assert prepare_whole_images(square, 2, crop_fraction=0.5).shape[-2:] == (2, 2)
+
+
+@pytest.mark.parametrize("law", ["reference", "torchvision"])
+@pytest.mark.parametrize("h, w", [(375, 500), (500, 375), (28, 28), (16, 64)])
+def test_the_loader_sampler_draws_the_boxes_of_crop_boxes(law, h, w):
+    # CropSampler (plain floats, per image in the workers) and crop_boxes (batched tensors)
+    # are one law: the same uniforms give the same boxes.
+    view = ViewConfig(crop_law=law, crop_scale=(0.08, 1.0) if h != 16 else (0.9, 1.0))
+    sampler = CropSampler.from_views((view,), seed=3)
+    for index in range(200):
+        ((box, _),) = sampler.draw(1, index, h, w)
+        u = torch.from_numpy(np.random.default_rng((3, 1, index)).random(2 * CROP_TRIES + 3))
+        u = u.float()[None]
+        expected = crop_boxes(
+            u[:, :CROP_TRIES],
+            u[:, CROP_TRIES : 2 * CROP_TRIES],
+            u[:, 2 * CROP_TRIES],
+            u[:, 2 * CROP_TRIES + 1],
+            height=h,
+            width=w,
+            scale=view.crop_scale,
+            ratio=view.crop_ratio,
+            law=law,
+        )[0]
+        np.testing.assert_allclose(box, expected.double().numpy(), atol=2e-3 * max(h, w))

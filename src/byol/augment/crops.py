@@ -160,14 +160,44 @@ class CropSampler:
         rng = np.random.default_rng((self.seed, epoch, index))
         drawn = []
         for crop_scale, crop_ratio, flip_prob, law in self.views:
-            u = torch.from_numpy(rng.random(2 * CROP_TRIES + 3)).float()[None]
-            box = crop_boxes(
-                u[:, :CROP_TRIES], u[:, CROP_TRIES : 2 * CROP_TRIES], u[:, 2 * CROP_TRIES],
-                u[:, 2 * CROP_TRIES + 1], height=height, width=width, scale=crop_scale,
-                ratio=crop_ratio, law=law,
-            )[0]  # fmt: skip
-            drawn.append((tuple(float(v) for v in box), bool(u[0, -1] < flip_prob)))
+            u = rng.random(2 * CROP_TRIES + 3)
+            box = _one_box(u, height, width, crop_scale, crop_ratio, law)
+            drawn.append((box, bool(u[-1] < flip_prob)))
         return drawn
+
+
+def _one_box(
+    u: np.ndarray, height: int, width: int, scale: tuple[float, float],
+    ratio: tuple[float, float], law: str,
+) -> tuple[float, float, float, float]:  # fmt: skip
+    """:func:`crop_boxes` for one sample in plain floats (the loader's workers call it per
+    image, where a dozen tiny torch ops would cost more than the decode). ``u`` holds the
+    (tries scale, tries ratio, x, y) uniforms in :func:`crop_boxes`'s layout."""
+    area = float(height * width)
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    u_x, u_y = float(u[2 * CROP_TRIES]), float(u[2 * CROP_TRIES + 1])
+    tries = 1 if law == "reference" else CROP_TRIES
+    for attempt in range(tries):
+        s = scale[0] + (scale[1] - scale[0]) * float(np.float32(u[attempt]))
+        r = math.exp(log_lo + (log_hi - log_lo) * float(np.float32(u[CROP_TRIES + attempt])))
+        if law == "reference":
+            box_w = min(max(round(math.sqrt(area * s * r)), 1), width)
+            box_h = min(max(round(math.sqrt(area * s / r)), 1), height)
+            x0 = min(math.floor(u_x * (width - box_w + 1)), width - box_w)
+            y0 = min(math.floor(u_y * (height - box_h + 1)), height - box_h)
+            return (float(x0), float(y0), float(x0 + box_w), float(y0 + box_h))
+        box_w, box_h = math.sqrt(area * s * r), math.sqrt(area * s / r)
+        if box_w <= width and box_h <= height:
+            x0, y0 = u_x * (width - box_w), u_y * (height - box_h)
+            return (x0, y0, x0 + box_w, y0 + box_h)
+    image_ratio = width / height  # no try fits: torchvision's central fallback
+    box_w, box_h = float(width), float(height)
+    if image_ratio < ratio[0]:
+        box_h = width / ratio[0]
+    elif image_ratio > ratio[1]:
+        box_w = height * ratio[1]
+    x0, y0 = (width - box_w) / 2, (height - box_h) / 2
+    return (x0, y0, x0 + box_w, y0 + box_h)
 
 
 def resample_boxes(

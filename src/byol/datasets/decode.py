@@ -10,11 +10,11 @@ Two geometries, both computed by PIL on the CPU (in DataLoader workers when stre
   antialiased) to the view size and flipped where drawn.
 
 Both decode a JPEG at the smallest of its 1/1, 1/2, 1/4, 1/8 scales that still covers what
-is cut from it at the output size, so no output pixel is made from fewer stored pixels than a
-full decode would give. Plain RGB and grayscale JPEGs (no EXIF rotation) are decoded by
-``simplejpeg`` (libjpeg-turbo, about 1.6x PIL's decode on a 500 x 375 photo: benchmarks/
-RESULTS.md), every other file by PIL (``draft`` for the JPEG scale). Every image is converted to
-RGB (or 8-bit grayscale), EXIF orientation applied, 16-bit images rescaled to 8 bits.
+is cut from it at the output size (PIL ``draft``), so no output pixel is made from fewer stored
+pixels than a full decode would give. (simplejpeg was measured as a faster decoder and was not:
+1.17 against PIL's 1.19 ms on a 500 x 375 photo, benchmarks/RESULTS.md.) Every image is
+converted to RGB (or 8-bit grayscale), EXIF orientation applied, 16-bit images rescaled to 8
+bits.
 """
 
 from __future__ import annotations
@@ -28,11 +28,6 @@ from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
-
-try:  # a faster JPEG decoder, used where it gives the same pixels as PIL
-    import simplejpeg
-except ImportError:  # pragma: no cover - a dependency; PIL decodes everything without it
-    simplejpeg = None
 
 __all__ = ["GRAYSCALE_MODES", "decode_crops", "decode_whole", "image_header", "open_image"]
 
@@ -100,12 +95,8 @@ def decode_crops(
         smallest_side = min(min(x1 - x0, y1 - y0) for (x0, y0, x1, y1), _ in boxes)
         scale = min(1.0, size / max(smallest_side, 1e-6))
         needed = (math.ceil(stored_w * scale), math.ceil(stored_h * scale))
-        image = None
-        if simplejpeg is not None and stored.format == "JPEG" and not transposed:
-            image = _fast_jpeg(source, stored, mode, needed)
-        if image is None:
-            stored.draft(mode, needed)
-            image = _as_mode(ImageOps.exif_transpose(stored), mode)
+        stored.draft(mode, needed)
+        image = _as_mode(ImageOps.exif_transpose(stored), mode)
         scale_x, scale_y = image.size[0] / width, image.size[1] / height
         crops = []
         for (x0, y0, x1, y1), flip in boxes:
@@ -120,33 +111,6 @@ def decode_crops(
         if stacked.ndim == 3
         else np.ascontiguousarray(stacked.transpose(0, 3, 1, 2))
     )
-
-
-def _fast_jpeg(
-    source: Source, stored: Image.Image, mode: str, needed: tuple[int, int]
-) -> Image.Image | None:
-    """The JPEG decoded by simplejpeg at the smallest 1/2^k scale of at least ``needed``, or
-    None where PIL must do it (CMYK or other colour spaces, or a file simplejpeg refuses)."""
-    if stored.mode not in ("RGB", "L") or (mode == "RGB") != (stored.mode == "RGB"):
-        return None
-    data = source if isinstance(source, bytes) else Path(source).read_bytes()
-    # Only the exact halvings, as PIL's draft: libjpeg's other n/8 scales decode slower.
-    factor = 1
-    while (
-        factor < 8
-        and stored.size[0] // (factor * 2) >= needed[0]
-        and (stored.size[1] // (factor * 2) >= needed[1])
-    ):
-        factor *= 2
-    try:
-        pixels = simplejpeg.decode_jpeg(
-            data, colorspace="RGB" if mode == "RGB" else "GRAY", strict=True,
-            min_width=-(-stored.size[0] // factor), min_height=-(-stored.size[1] // factor),
-            min_factor=factor,
-        )  # fmt: skip
-    except ValueError:  # corrupt or unusual data: PIL decides, and reports it
-        return None
-    return Image.fromarray(pixels[..., 0] if mode == "L" else pixels)
 
 
 def _orientation(image: Image.Image) -> int:
