@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import io
 import os
-import signal
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,7 @@ from byol.data import load_dataset
 from byol.datasets.shards import expand_pattern, is_shard_pattern
 from byol.errors import DataError
 from photos import make_photo_folder, photo
+from processes import sigkill_when
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "camera")
 
@@ -125,15 +124,7 @@ def test_resume_after_sigkill_is_exact_for_streamed_data(source, tmp_path):
     assert main(["train", "--data", data, *RUN, "--num-workers", "0", "--out", str(whole)]) == 0
     argv = [sys.executable, "-m", "byol", "train", "--data", data, *RUN, "--num-workers", "2",
             "--checkpoint-every", "4", "--out", str(killed)]  # fmt: skip
-    process = subprocess.Popen(argv, env=_env(), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 180
-    while not (killed / "checkpoints" / "step-00000004.pt").exists():
-        assert process.poll() is None, "the run ended before it could be killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    sigkill_when(argv, _env(), killed / "checkpoints" / "step-00000004.pt", timeout=180)
     step = load_checkpoint(killed / "checkpoints" / "last.pt")["step"]
     assert 4 <= step < 40
     done = subprocess.run([*argv, "--resume"], env=_env(), capture_output=True, text=True,

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import torch
 
 from byol import load_checkpoint
 from byol.cli import main
+from processes import sigkill_when
 
 RUN = ["--data", "digits", "--arch", "convnet", "--hidden-dim", "64", "--projection-dim", "32",
        "--batch-size", "32", "--epochs", "1", "--warmup-epochs", "0.2", "--knn-every", "0",
@@ -31,15 +30,8 @@ def test_resume_after_sigkill_ends_bitwise_equal_to_an_uninterrupted_run(tmp_pat
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert main(["train", *RUN, "--out", str(whole)]) == 0
     argv = [sys.executable, "-m", "byol", "train", *RUN, "--checkpoint-every", "4"]
-    process = subprocess.Popen([*argv, "--out", str(killed)], env=_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not (killed / "checkpoints" / "step-00000004.pt").exists():
-        assert process.poll() is None, "the run ended before it could be killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    sigkill_when([*argv, "--out", str(killed)], _env(),
+                 killed / "checkpoints" / "step-00000004.pt", timeout=120)  # fmt: skip
     step = load_checkpoint(killed / "checkpoints" / "last.pt")["step"]
     assert 4 <= step < 24  # killed mid-run
     done = subprocess.run([*argv, "--out", str(killed), "--resume"], env=_env(),

@@ -10,12 +10,12 @@ How each step is computed:
 * **Crop, resize and flip**: :mod:`byol.augment.crops` (one ``grid_sample`` over per-sample
   boxes drawn with the view's ``crop_law``). Views cropped already (by the data loader's
   workers, from full-resolution files: :meth:`BYOLAugment.from_crops`) skip this step.
-* **Colour jitter** loops over the 4 positions of the order; at each, every op runs only on the
-  samples that have it at that position. Each jittered sample is thus processed once per op,
-  about 4x less arithmetic than computing all four candidates at every position and
-  selecting. Saturation is computed in RGB with an identity exactly equal to scaling HSV
-  saturation (see :func:`byol.color.adjust_saturation`); hue goes through our batched
-  RGB ↔ HSV conversion.
+* **Colour jitter** (:mod:`byol.augment.subsets`) loops over the 4 positions of the order;
+  at each, every op runs only on the samples that have it at that position. Each jittered
+  sample is thus processed once per op, about 4x less arithmetic than computing all four
+  candidates at every position and selecting. Saturation is computed in RGB with an identity
+  exactly equal to scaling HSV saturation (see :func:`byol.color.adjust_saturation`); hue goes
+  through our batched RGB ↔ HSV conversion.
 * **Grayscale, blur, solarisation** act on the selected subset only; ops whose probability
   (or strength) is 0 are skipped entirely. The blur kernel size is ``side // 10`` made odd
   (23 at 224, 9 at 96, at least 3) from the *output* size; sigma ~ U(blur_sigma).
@@ -35,18 +35,10 @@ from typing import Literal
 
 import torch
 
-from ..color import (
-    adjust_brightness,
-    adjust_contrast,
-    adjust_hue,
-    adjust_saturation,
-    blur_kernel_size,
-    gaussian_blur,
-    solarize,
-    to_grayscale,
-)
+from ..color import blur_kernel_size, gaussian_blur, solarize, to_grayscale
 from ..errors import ConfigError, DataError
 from .crops import CROP_TRIES, crop_boxes, prepare_whole_images, resample_boxes
+from .subsets import JITTER_OPS, apply_subset, colour_jitter
 from .views import (
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
@@ -57,9 +49,6 @@ from .views import (
 )
 
 __all__ = ["JITTER_OPS", "BYOLAugment"]
-
-#: Op index used in ``params["jitter_order"]`` and the columns of ``params["jitter_factors"]``.
-JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
 
 # Columns of the per-view block of uniforms; fixed so that a seed fixes every draw.
 _U_SCALE = slice(0, CROP_TRIES)
@@ -269,17 +258,17 @@ class BYOLAugment:
             )
 
         if params["jitter"].any():
-            out = _colour_jitter(out, params, config, c)
+            out = colour_jitter(out, params, config, c)
         if c == 3 and config.grayscale_prob > 0:
-            out = _apply_subset(out, params["grayscale"], lambda x, _: to_grayscale(x))
+            out = apply_subset(out, params["grayscale"], lambda x, _: to_grayscale(x))
         if config.blur_prob > 0:
             kernel = (blur_kernel_size(self.size[0]), blur_kernel_size(self.size[1]))
             sigma = params["blur_sigma"]
-            out = _apply_subset(
+            out = apply_subset(
                 out, sigma > 0, lambda x, idx: gaussian_blur(x, sigma[idx].to(device), kernel)
             )
         if config.solarize_prob > 0:
-            out = _apply_subset(out, params["solarize"], lambda x, _: solarize(x))
+            out = apply_subset(out, params["solarize"], lambda x, _: solarize(x))
         if self.interpolation == "bicubic":
             out = out.clamp_(0.0, 1.0)  # bicubic overshoots; other ops keep [0, 1] themselves
         return self._normalise(out), params
@@ -346,61 +335,3 @@ def _draw_params(
         "blur_sigma": torch.where(blur, sigma, torch.zeros_like(sigma)),
         "solarize": uniforms[:, _U_SOLARIZE] < config.solarize_prob,
     }
-
-
-def _apply_subset(x: torch.Tensor, mask: torch.Tensor, op) -> torch.Tensor:
-    """Apply ``op(x[idx], idx)`` to the samples flagged in ``mask`` (on the generator's device).
-
-    The whole batch goes through ``op`` when every sample is selected, no gather then.
-    """
-    idx = mask.nonzero().squeeze(1)
-    n = idx.numel()
-    if n == 0:
-        return x
-    if n == x.shape[0]:
-        return op(x, idx).contiguous()
-    idx_dev = idx.to(x.device)
-    x.index_copy_(0, idx_dev, op(x.index_select(0, idx_dev), idx))
-    return x
-
-
-def _colour_jitter(
-    x: torch.Tensor, params: dict[str, torch.Tensor], config: ViewConfig, channels: int
-) -> torch.Tensor:
-    """Brightness, contrast, saturation and hue in each sample's own order, on jittered samples.
-
-    At each of the 4 positions the jittered rows are regrouped (one gather) so that the samples
-    having the same op there are contiguous, each op runs once on its slice, and the slices are
-    concatenated. After the last position one scatter puts the rows back in batch order. This
-    costs 2 passes over the data per position, against ~4 for a gather and a scatter per op.
-    """
-    strengths = (config.brightness, config.contrast, config.saturation, config.hue)
-    ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
-    active = [s > 0 and (channels == 3 or op_index < 2) for op_index, s in enumerate(strengths)]
-    rows = params["jitter"].nonzero().squeeze(1)  # batch index of each working row
-    if not any(active) or rows.numel() == 0:
-        return x
-    order = params["jitter_order"]
-    factors = params["jitter_factors"]
-    work = x
-    for position in range(4):
-        op_at_row = order[rows, position]
-        regroup = op_at_row.argsort(stable=True)
-        counts = torch.bincount(op_at_row, minlength=4).tolist()
-        # The first gather reads straight from the batch, the later ones from the working rows.
-        source_rows = rows[regroup] if position == 0 else regroup
-        work = work.index_select(0, source_rows.to(x.device))
-        rows = rows[regroup]
-        pieces = []
-        start = 0
-        for op_index, count in enumerate(counts):
-            piece = work[start : start + count]
-            if count and active[op_index]:
-                piece = ops[op_index](piece, factors[rows[start : start + count], op_index])
-            pieces.append(piece)
-            start += count
-        work = torch.cat(pieces)
-    if rows.numel() == x.shape[0]:
-        return work.index_select(0, rows.argsort().to(x.device))
-    x.index_copy_(0, rows.to(x.device), work)
-    return x

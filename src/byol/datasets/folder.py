@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -166,37 +167,26 @@ def load_folder(
         )
 
     classes, file_labels = _class_layout(files, split_folder)
-    headers = thread_map(_header, files)
-    bad = [(str(p), reason) for p, (mode, _, reason) in zip(files, headers, strict=True)
-           if mode is None]  # fmt: skip
-    keep = [i for i, (mode, _, _) in enumerate(headers) if mode is not None]
-    if not keep:
-        _report_bad_files(split_folder, bad, strict)
-        raise DataError(f"none of the {len(files)} image files in {split_folder} can be read")
-    grayscale = all(headers[i][0] in GRAYSCALE_MODES for i in keep)
-    mode = "L" if grayscale else "RGB"
-    channels = 1 if grayscale else 3
-
-    paths = [str(files[i]) for i in keep]
-    sides = [headers[i][1] for i in keep]
-    labels = [file_labels[i] for i in keep] if file_labels is not None else None
+    readable = _readable_files(files, file_labels, split_folder, strict)
+    paths, labels = readable.paths, readable.labels
     if in_memory is None:
-        decoded_bytes = len(paths) * channels * (image_size or 0) ** 2
+        decoded_bytes = len(paths) * readable.channels * (image_size or 0) ** 2
         in_memory = image_size is not None and decoded_bytes <= IN_MEMORY_LIMIT_BYTES
 
     if not in_memory:
-        _report_bad_files(split_folder, bad, strict)
-        reader = FolderReader(paths, mode, size=image_size, crop_fraction=crop_fraction,
-                              sides=sides, strict=strict)  # fmt: skip
+        _report_bad_files(split_folder, readable.bad, strict)
+        reader = FolderReader(paths, readable.mode, size=image_size, crop_fraction=crop_fraction,
+                              sides=readable.sides, strict=strict)  # fmt: skip
         label_tensor = torch.tensor(labels, dtype=torch.int64) if labels is not None else None
         return ImageData(name, None, label_tensor, classes, paths, _reader=reader)
 
     assert image_size is not None
-    images, good, failures = _decode_in_memory(paths, image_size, mode, channels, crop_fraction)
-    bad += failures
+    images, good, failures = _decode_in_memory(paths, image_size, readable.mode,
+                                               readable.channels, crop_fraction)  # fmt: skip
     # One report for header and decode failures together, in the files' sorted order.
     order = {str(path): position for position, path in enumerate(files)}
-    _report_bad_files(split_folder, sorted(bad, key=lambda item: order[item[0]]), strict)
+    bad = sorted(readable.bad + failures, key=lambda item: order[item[0]])
+    _report_bad_files(split_folder, bad, strict)
     if not good:
         raise DataError(f"none of the {len(files)} image files in {split_folder} can be read")
     image_tensor = torch.from_numpy(images if len(good) == len(paths) else images[good])
@@ -207,6 +197,39 @@ def load_folder(
         classes,
         [paths[r] for r in good],
     )
+
+
+@dataclass
+class _Readable:
+    """The files whose headers read, with what the headers say."""
+
+    paths: list[str]
+    sides: list[int]
+    labels: list[int] | None
+    mode: str  # "L" when every header is grayscale, else "RGB"
+    bad: list[tuple[str, str]]  # (path, reason) of the files skipped
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.mode == "L" else 3
+
+
+def _readable_files(
+    files: list[Path], file_labels: list[int] | None, split_folder: Path, strict: bool
+) -> _Readable:
+    headers = thread_map(_header, files)
+    bad = [(str(p), reason) for p, (mode, _, reason) in zip(files, headers, strict=True)
+           if mode is None]  # fmt: skip
+    keep = [i for i, (mode, _, _) in enumerate(headers) if mode is not None]
+    if not keep:
+        _report_bad_files(split_folder, bad, strict)
+        raise DataError(f"none of the {len(files)} image files in {split_folder} can be read")
+    grayscale = all(headers[i][0] in GRAYSCALE_MODES for i in keep)
+    return _Readable(
+        paths=[str(files[i]) for i in keep], sides=[headers[i][1] for i in keep],
+        labels=[file_labels[i] for i in keep] if file_labels is not None else None,
+        mode="L" if grayscale else "RGB", bad=bad,
+    )  # fmt: skip
 
 
 def _class_layout(files: list[Path], split_folder: Path) -> tuple[list[str] | None, list | None]:
