@@ -174,3 +174,16 @@ def test_views_larger_than_the_folder_thumbnails_are_refused(clean_photos, tmp_p
     error = capsys.readouterr().err
     assert "--image-size 224" in error and "--folder-image-size 64" in error
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_training_crops_resampled_by_torch_match_pil(photos):
+    # The loader's crops (whole-pixel boxes, torch's uint8 antialiased bicubic) and PIL's
+    # bicubic resize of the same boxes: one filter, within JPEG-invisible differences, both
+    # when the crop is shrunk and when it is enlarged.
+    _, files = photos
+    boxes = [((37.0, 50.0, 437.0, 450.0), False), ((100.0, 100.0, 200.0, 180.0), True)]
+    fast = decode_crops(str(files["astronaut"]), 224, "RGB", lambda h, w: boxes,
+                        whole_pixels=True)  # fmt: skip
+    exact = decode_crops(str(files["astronaut"]), 224, "RGB", lambda h, w: boxes)
+    assert fast.shape == exact.shape == (2, 3, 224, 224) and fast.dtype == np.uint8
+    assert mean_abs(fast[0], exact[0]) < 0.5 and mean_abs(fast[1], exact[1]) < 0.5

@@ -134,7 +134,8 @@ class StreamedImages:
 
         def cut(source: Source) -> np.ndarray:
             return decode_crops(source, size, self.mode,
-                                lambda h, w: sampler.draw(epoch, index, h, w))  # fmt: skip
+                                lambda h, w: sampler.draw(epoch, index, h, w),
+                                whole_pixels=True)  # fmt: skip
 
         return self._decode(index, cut)
 
