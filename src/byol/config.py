@@ -161,6 +161,8 @@ class TrainConfig:
         "start each bottleneck ResNet block's last BatchNorm scale at zero, as the reference "
         "(ResNet-50 and larger; no effect on other encoders)",
         "model",
+        # Only the initial weights depend on it: a resumed run loads its weights.
+        resumable=True,
     )
     # optimisation
     epochs: float = key(100.0, "length of the schedules, in epochs", "optim", low=1e-9)
