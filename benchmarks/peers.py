@@ -3,11 +3,14 @@
 Installs nothing. Run it with an interpreter that can import ``byol``, ``byol_pytorch`` and
 ``lightly`` (``bash benchmarks/peers-setup.sh`` makes ``benchmarks/.peers-venv``):
 
-    benchmarks/.peers-venv/bin/python benchmarks/peers.py [--arch convnet|resnet18 ...]
+    benchmarks/.peers-venv/bin/python benchmarks/peers.py [--arch convnet|resnet18 ...] \
+        [--precision fp32 bf16]
 
 All three run in this one process on the same backbone module (``byol.backbones.build``, the
 same seed), the same in-memory uint8 images (random, 32×32 RGB by default), the same batch
-size, fp32, and the same projector/predictor widths (hidden 4096, output 256 by default; see
+size, the same precision (``--precision``: fp32, and/or bf16 with the peers' forward and loss
+under ``torch.autocast`` as a user would add it, one interleaved comparison per precision) and
+the same projector/predictor widths (hidden 4096, output 256 by default; see
 ``--hidden-dim``). Each implementation keeps its own recipe otherwise:
 
 * **ours**: the real ``byol train`` step through :class:`byol.bench.TrainStepRunner`
@@ -76,6 +79,12 @@ def _import_peers() -> None:
         )
 
 
+def _autocast(precision: str):
+    """``torch.autocast`` on the CPU in bf16, or nothing for fp32: how a user wraps a peer's
+    forward and loss in mixed precision (the backward follows the recorded dtypes)."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def _backbone(arch: str, seed: int) -> tuple[nn.Module, int]:
     torch.manual_seed(seed)
     return backbones.build(arch, small_images=True)
@@ -88,7 +97,7 @@ class _Ours:
     def __init__(self, args: argparse.Namespace, images: torch.Tensor) -> None:
         config = BenchConfig(
             arch=args.arch, image_size=args.image_size, batch_size=args.batch_size,
-            precision="fp32", device="cpu", hidden_dim=args.hidden_dim,
+            precision=args.precision, device="cpu", hidden_dim=args.hidden_dim,
             projection_dim=args.projection_dim, small_images=True, seed=args.seed,
             dataset_batches=args.dataset_batches,
         )  # fmt: skip
@@ -118,6 +127,7 @@ class _Lucidrains:
         self.images = images
         self.batch_size = args.batch_size
         self.generator = torch.Generator().manual_seed(args.seed)
+        self.precision = args.precision
         self.learner.train()
 
     def steps(self, count: int) -> None:
@@ -127,7 +137,8 @@ class _Lucidrains:
                                   generator=self.generator)  # fmt: skip
             # In-memory uint8 → float in [0, 1], the input its augmentations expect.
             batch = self.images[index].float().div_(255)
-            loss = self.learner(batch)
+            with _autocast(self.precision):  # as a user would add mixed precision
+                loss = self.learner(batch)
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
@@ -209,6 +220,7 @@ class _Lightly:
         self.batches = self._cycle()
         self.settle = max(1, self.workers * self.prefetch_factor)
         self.criterion = NegativeCosineSimilarity()
+        self.precision = args.precision
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.06)
         self.step = 0
         self.total_steps = 100_000
@@ -228,11 +240,12 @@ class _Lightly:
             momentum = cosine_schedule(self.step, self.total_steps, 0.996, 1)
             update_momentum(model.backbone, model.backbone_momentum, m=momentum)
             update_momentum(model.projection_head, model.projection_head_momentum, m=momentum)
-            p0 = model(x0)
-            z0 = model.forward_momentum(x0)
-            p1 = model(x1)
-            z1 = model.forward_momentum(x1)
-            loss = 0.5 * (self.criterion(p0, z1) + self.criterion(p1, z0))
+            with _autocast(self.precision):  # as a user would add mixed precision
+                p0 = model(x0)
+                z0 = model.forward_momentum(x0)
+                p1 = model(x1)
+                z1 = model.forward_momentum(x1)
+                loss = 0.5 * (self.criterion(p0, z1) + self.criterion(p1, z0))
             loss_sum += loss.detach()
             loss.backward()
             self.optimizer.step()
@@ -347,6 +360,7 @@ def compare(args: argparse.Namespace, log=print) -> dict:
     stages = {name: statistics.median(r[name] for r in records) for name in records[0]}
     return {
         "arch": args.arch, "image_size": args.image_size, "batch_size": args.batch_size,
+        "precision": args.precision,
         "hidden_dim": args.hidden_dim, "projection_dim": args.projection_dim,
         "images_per_s": medians, "windows": rates,
         "ratio_vs_lucidrains": medians["ours"] / medians["lucidrains"],
@@ -359,12 +373,18 @@ def compare(args: argparse.Namespace, log=print) -> dict:
     }  # fmt: skip
 
 
-def measure_ceiling() -> dict[str, float]:
+def measure_ceiling(precisions: tuple[str, ...] = ("fp32",)) -> dict[str, float]:
+    """The matmul and 3x3-convolution rates at each precision (keys name the precision)."""
     from byol.bench import conv3x3_rate, matmul_rate
 
     cpu = torch.device("cpu")
-    return {"matmul fp32 2048²": matmul_rate(cpu),
-            "conv3x3 fp32 channels_last": conv3x3_rate(cpu, channels_last=True)}  # fmt: skip
+    rates = {}
+    for precision in precisions:
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        rates[f"matmul {precision} 2048²"] = matmul_rate(cpu, dtype)
+        rates[f"conv3x3 {precision} channels_last"] = conv3x3_rate(cpu, dtype,
+                                                                   channels_last=True)  # fmt: skip
+    return rates
 
 
 # The issue's targets: (minimum ratio to the faster peer, minimum fraction of the ceiling).
@@ -379,7 +399,8 @@ def _analysis(r: dict, ceiling: float) -> list[str]:
     kernels = stages["forward"] + stages["backward"]
     total = sum(stages.values())
     lines = [
-        f"- **{r['arch']}**: ours {r['ratio_vs_faster_peer']:.2f}× the faster peer, at "
+        f"- **{r['arch']}, {r.get('precision', 'fp32')}**: ours "
+        f"{r['ratio_vs_faster_peer']:.2f}× the faster peer, at "
         f"{100 * fraction:.0f}% of the machine's best measured rate ({ceiling:.0f} GFLOP/s); "
         f"the peers at {100 * flops * m['lucidrains'] / 1e9 / ceiling:.0f}% (lucidrains) and "
         f"{100 * flops * m['lightly'] / 1e9 / ceiling:.0f}% (lightly)."
@@ -430,21 +451,25 @@ def format_results(
         command,
         "```",
         "",
-        f"{first['image_size']}×{first['image_size']} RGB, fp32, CPU. Projector and predictor "
+        f"{first['image_size']}×{first['image_size']} RGB, CPU, at each precision listed (bf16: "
+        "ours as `--precision bf16` trains, the peers' forward and loss under "
+        "`torch.autocast('cpu', dtype=torch.bfloat16)` as a user would add it; each precision's "
+        "ratios from its own interleaved run). Projector and predictor "
         f"hidden {first['hidden_dim']}, output {first['projection_dim']} in all three (the "
         "paper's and lucidrains' defaults are 4096 / 256, lightly's example uses 1024 / 256; "
         "the peers were set to ours). Medians of interleaved windows; every window listed. "
         "GFLOP/s = FLOPs of the architecture's BYOL step (counted on ours) × images/s.",
         "",
-        "| backbone | batch | ours (img/s) | lucidrains (img/s) | lightly (img/s) "
+        "| backbone | batch | precision | ours (img/s) | lucidrains (img/s) | lightly (img/s) "
         "| ours / lucidrains | ours / lightly | ours / faster peer | GFLOP/s ours / peers |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         m = r["images_per_s"]
         g = r["gflops"]
         lines.append(
-            f"| {r['arch']} | {r['batch_size']} | {m['ours']:.1f} | {m['lucidrains']:.1f} "
+            f"| {r['arch']} | {r['batch_size']} | {r.get('precision', 'fp32')} "
+            f"| {m['ours']:.1f} | {m['lucidrains']:.1f} "
             f"| {m['lightly']:.1f} | {r['ratio_vs_lucidrains']:.2f}× | "
             f"{r['ratio_vs_lightly']:.2f}× | **{r['ratio_vs_faster_peer']:.2f}×** | "
             f"{g['ours']:.1f} / {g['lucidrains']:.1f}, {g['lightly']:.1f} |"
@@ -452,9 +477,9 @@ def format_results(
     lines += ["", "Windows (images/s):", ""]
     for r in results:
         for name, values in r["windows"].items():
-            lines.append(f"- {r['arch']} {name}: " + ", ".join(f"{v:.1f}" for v in values))
+            lines.append(f"- {r['arch']} {r.get('precision', 'fp32')} {name}: "
+                         + ", ".join(f"{v:.1f}" for v in values))  # fmt: skip
     if ceiling:
-        best = max(ceiling.values())
         lines += [
             "",
             "Machine ceiling (best of 5 windows, before and after the runs): "
@@ -462,8 +487,9 @@ def format_results(
             + " GFLOP/s.",
             "",
         ]
-        for r in results:
-            lines += _analysis(r, best)
+        for r in results:  # each row against the ceiling at its own precision
+            precision = r.get("precision", "fp32")
+            lines += _analysis(r, max(v for k, v in ceiling.items() if f" {precision} " in k))
     malloc = {
         "default": "the peers' windows ran with glibc's own steady-state malloc thresholds (as "
         "they ship; ours raises them, see `byol.runtime.keep_freed_memory`)",
@@ -502,6 +528,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, nargs="+", default=None,
                         help="one per --arch (default: 256 for convnet, 64 otherwise)")  # fmt: skip
     parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--precision", nargs="+", choices=("fp32", "bf16"), default=["fp32"],
+                        help="one interleaved comparison per precision (bf16: the peers under "
+                        "torch.autocast, ours as byol train --precision bf16)")  # fmt: skip
     parser.add_argument("--hidden-dim", type=int, default=4096)
     parser.add_argument("--projection-dim", type=int, default=256)
     parser.add_argument("--steps", type=int, nargs="+", default=None,
@@ -526,22 +555,25 @@ def main(argv: list[str] | None = None) -> int:
     with open("/proc/loadavg") as loadavg:
         load = " ".join(loadavg.read().split()[:3])
     print("peers.py: measuring the matmul and convolution rates", file=sys.stderr)
-    first_ceiling = measure_ceiling()
+    first_ceiling = measure_ceiling(tuple(args.precision))
     results = []
     for arch, batch_size, steps in zip(args.arch, batch_sizes, step_counts):
-        run_args = argparse.Namespace(**{**vars(args), "arch": arch, "batch_size": batch_size,
-                                         "steps": steps})  # fmt: skip
-        results.append(compare(run_args, log=lambda m: print(m, file=sys.stderr, flush=True)))
-        r = results[-1]
-        print(f"{arch}: " + ", ".join(f"{k} {v:.1f} img/s" for k, v in r["images_per_s"].items())
-              + f"; ours / faster peer {r['ratio_vs_faster_peer']:.2f}x", flush=True)  # fmt: skip
+        for precision in args.precision:
+            run_args = argparse.Namespace(**{**vars(args), "arch": arch, "precision": precision,
+                                             "batch_size": batch_size, "steps": steps})  # fmt: skip
+            r = compare(run_args, log=lambda m: print(m, file=sys.stderr, flush=True))
+            results.append(r)
+            rates = ", ".join(f"{k} {v:.1f} img/s" for k, v in r["images_per_s"].items())
+            ratio = r["ratio_vs_faster_peer"]
+            print(f"{arch} {precision}: {rates}; ours / faster peer {ratio:.2f}x", flush=True)
     with open("/proc/loadavg") as loadavg:
         load += " at start, " + " ".join(loadavg.read().split()[:3]) + " at the end"
     command = "benchmarks/.peers-venv/bin/python benchmarks/peers.py " + shlex.join(
         argv if argv is not None else sys.argv[1:]
     )
     # A busy machine only lowers a rate: keep the better of the two measurements.
-    ceiling = {name: max(rate, first_ceiling[name]) for name, rate in measure_ceiling().items()}
+    ceiling = {name: max(rate, first_ceiling[name])
+               for name, rate in measure_ceiling(tuple(args.precision)).items()}  # fmt: skip
     text = format_results(results, command, load, ceiling)
     print(text)
     if args.json:

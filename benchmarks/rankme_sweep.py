@@ -48,8 +48,21 @@ def run_one(name: str, extra: tuple[str, ...], out: Path, epochs: float, seed: i
     folder = out / name.replace(" ", "_")
     started = time.perf_counter()
     if not (folder / "summary.json").exists():
-        argv = ["train", "--preset", "fashion-mnist", "--epochs", str(epochs), "--seed",
-                str(seed), "--knn-every", "0", "--no-tensorboard", "--out", str(folder), *extra]
+        argv = [
+            "train",
+            "--preset",
+            "fashion-mnist",
+            "--epochs",
+            str(epochs),
+            "--seed",
+            str(seed),
+            "--knn-every",
+            "0",
+            "--no-tensorboard",
+            "--out",
+            str(folder),
+            *extra,
+        ]
         if byol_main(argv) != 0:
             raise SystemExit(f"training {name} failed")
     checkpoint = folder / "checkpoints" / "last.pt"
