@@ -78,6 +78,21 @@ def test_cli_json_has_every_field_with_sane_values(small_ceiling, capsys):
     assert all(rate > 0 for rate in rates)
     assert result["ceiling_gflops"] == max(rates)
     assert result["fraction_of_ceiling"] == pytest.approx(achieved / max(rates))
+    assert result["step_conv_fwd_bwd_gflops"] > 0
+
+
+def test_step_conv_rate_of_an_encoders_own_convolutions():
+    encoder = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.Conv2d(8, 4, 1, stride=2),
+    )
+    before = [p.detach().clone() for p in encoder.parameters()]
+    rate = ceiling.step_conv_rate(encoder, torch.rand(2, 3, 8, 8), min_seconds=0.001, windows=1)
+    assert 0 < rate < 1e5  # GFLOP/s
+    assert all(torch.equal(a, b) for a, b in zip(before, encoder.parameters()))
+    assert ceiling.step_conv_rate(nn.Flatten(), torch.rand(2, 3, 8, 8)) == 0.0  # no conv
 
 
 def test_cli_table_output(small_ceiling, capsys):

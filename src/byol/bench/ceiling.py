@@ -21,6 +21,7 @@ __all__ = [
     "device_info",
     "matmul_rate",
     "process_usage",
+    "step_conv_rate",
     "step_flops_per_image",
     "synchronize",
 ]
@@ -156,6 +157,64 @@ def conv3x3_rate(
     with torch.no_grad():
         return _timed_rate(lambda: F.conv2d(x, w, padding=1), flops, device,
                            min_seconds=min_seconds, windows=windows)  # fmt: skip
+
+
+def step_conv_rate(
+    encoder: torch.nn.Module,
+    images: torch.Tensor,
+    dtype: torch.dtype = torch.float32,
+    *,
+    channels_last: bool = True,
+    min_seconds: float | None = None,
+    windows: int = 3,
+) -> float:
+    """GFLOP/s of the forward + backward of the convolutions the encoder runs on ``images``,
+    at their own shapes: each distinct convolution (input shape, weight, stride, padding,
+    groups) is timed alone, forward and both backward products (3x the forward FLOPs), and the
+    rate is their total FLOPs over their total time - what the step's convolutions could reach
+    if nothing else cost anything."""
+    counts: dict[tuple, int] = {}
+
+    def record(module: torch.nn.Conv2d, inputs: tuple[torch.Tensor, ...], _output) -> None:
+        key = (tuple(inputs[0].shape), tuple(module.weight.shape), module.stride,
+               module.padding, module.dilation, module.groups)  # fmt: skip
+        counts[key] = counts.get(key, 0) + 1
+
+    hooks = [m.register_forward_hook(record) for m in encoder.modules()
+             if isinstance(m, torch.nn.Conv2d)]  # fmt: skip
+    try:
+        with torch.no_grad():
+            copy.deepcopy(encoder).eval()(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    device = images.device
+    total_flops = total_seconds = 0.0
+    for (x_shape, w_shape, stride, padding, dilation, groups), count in counts.items():
+        generator = torch.Generator(device=device).manual_seed(0)
+        x = torch.randn(x_shape, device=device, generator=generator).to(dtype)
+        w = torch.randn(w_shape, device=device, generator=generator).to(dtype)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+            w = w.contiguous(memory_format=torch.channels_last)
+        x.requires_grad_(True)
+        w.requires_grad_(True)
+        out_shape = F.conv2d(x.detach(), w.detach(), None, stride, padding, dilation, groups).shape
+        grad = torch.ones(out_shape, device=device, dtype=dtype)
+        if channels_last:
+            grad = grad.contiguous(memory_format=torch.channels_last)
+        flops = 3 * 2.0 * math.prod(out_shape) * math.prod(w_shape[1:])
+
+        def forward_backward(x=x, w=w, grad=grad, stride=stride, padding=padding,
+                             dilation=dilation, groups=groups) -> None:  # fmt: skip
+            torch.autograd.grad(F.conv2d(x, w, None, stride, padding, dilation, groups),
+                                (x, w), grad)  # fmt: skip
+
+        rate = _timed_rate(forward_backward, flops, device, min_seconds=min_seconds,
+                           windows=windows)  # fmt: skip
+        total_flops += flops * count
+        total_seconds += flops * count / (rate * 1e9)
+    return total_flops / total_seconds / 1e9 if total_seconds else 0.0
 
 
 def step_flops_per_image(model: torch.nn.Module, view1: torch.Tensor, view2: torch.Tensor) -> float:

@@ -339,10 +339,12 @@ def _flops(
 def _ceiling(
     runner: TrainStepRunner, config: Any, achieved: float | None, say: Callable[[str], None]
 ) -> dict:
-    """The device's matmul (fp32 and the step's precision) and 3x3 convolution rates."""
+    """The device's matmul (fp32 and the step's precision) and 3x3 convolution rates, and the
+    forward + backward rate of the step's own convolutions (``step_conv_fwd_bwd_gflops``)."""
     result: dict[str, Any] = dict.fromkeys(
-        ("matmul_gflops", "conv3x3_gflops", "ceiling_gflops", "fraction_of_ceiling")
-    )
+        ("matmul_gflops", "conv3x3_gflops", "ceiling_gflops", "fraction_of_ceiling",
+         "step_conv_fwd_bwd_gflops")
+    )  # fmt: skip
     if not config.ceiling:
         return result
     say("measuring the device's matmul and convolution rates")
@@ -355,6 +357,11 @@ def _ceiling(
         "channels_last": ceiling.conv3x3_rate(device, dtype, channels_last=True),
         "contiguous": ceiling.conv3x3_rate(device, dtype, channels_last=False),
     }
+    view, _ = runner.sample_views(config.batch_size)
+    # What the step's own convolutions reach, forward + backward, at the step's precision.
+    step_conv = ceiling.step_conv_rate(runner.model.online_encoder, view.to(dtype), dtype,
+                                       channels_last=config.channels_last)  # fmt: skip
+    result["step_conv_fwd_bwd_gflops"] = step_conv or None
     best = max(matmul[precision], *conv.values())
     result.update(matmul_gflops=matmul, conv3x3_gflops=conv, ceiling_gflops=best)
     if achieved is not None:

@@ -57,6 +57,11 @@ def format_table(result: dict[str, Any]) -> str:
         rows.append(("ceiling", f"{result['ceiling_gflops']:.1f} GFLOP/s"))
     if result.get("fraction_of_ceiling") is not None:
         rows.append(("of ceiling", f"{100 * result['fraction_of_ceiling']:.1f}%"))
+    step_conv = result.get("step_conv_fwd_bwd_gflops")
+    if step_conv and result.get("achieved_gflops") is not None:
+        rows.append(("step's convs", f"{step_conv:.1f} GFLOP/s forward + backward at its own "
+                     f"shapes; the step achieves {100 * result['achieved_gflops'] / step_conv:.0f}%"
+                     " of it"))  # fmt: skip
     width = max(len(name) for name, _ in rows)
     lines = [f"{name:<{width}}  {value}" for name, value in rows]
     if result.get("profile"):
