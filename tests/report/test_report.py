@@ -105,6 +105,21 @@ def test_report_without_checkpoint_or_eval_still_writes_with_notes(run_dir, tmp_
     assert "No eval.json" in text and "## Notes" in text
 
 
+def test_report_of_a_run_monitored_by_rankme_alone(run_dir, tmp_path):
+    # A labelled folder without a test split logs monitor records with RankMe and no k-NN.
+    partial = tmp_path / "rankme-only"
+    partial.mkdir()
+    shutil.copy(run_dir / "config.yaml", partial / "config.yaml")
+    lines = [line for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+             if "knn_top1" not in line]  # fmt: skip
+    lines.append('{"step": 4, "epoch": 2.0, "rankme": 3.1, "rankme_projection": 1.9, '
+                 '"knn_bank": 8}')  # fmt: skip
+    (partial / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    text = make_report(partial, out=tmp_path / "out").report.read_text()
+    assert "| RankMe | 3.1 (representations, epoch 2.00) |" in text
+    assert "| k-NN top-1 |" not in text
+
+
 def test_read_metrics_keeps_the_last_record_of_a_relogged_step(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text(

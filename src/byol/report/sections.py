@@ -67,8 +67,12 @@ def summary_lines(
             lines.append(f"| throughput | {float(np.median(speeds)):.0f} images/s (median) |")
         if "collapse_std" in steps[-1]:
             lines.append(f"| collapse metric | {steps[-1]['collapse_std']:.3f} (healthy ~1) |")
-    if knn:
-        lines.append(f"| k-NN top-1 | {100 * knn[-1]['knn_top1']:.2f}% (epoch "
+    scored = [r for r in knn if "knn_top1" in r]  # monitor records may hold RankMe alone
+    if scored:
+        lines.append(f"| k-NN top-1 | {100 * scored[-1]['knn_top1']:.2f}% (epoch "
+                     f"{scored[-1].get('epoch', 0):.2f}) |")  # fmt: skip
+    if knn and "rankme" in knn[-1]:
+        lines.append(f"| RankMe | {knn[-1]['rankme']:.1f} (representations, epoch "
                      f"{knn[-1].get('epoch', 0):.2f}) |")  # fmt: skip
     return lines
 
@@ -180,7 +184,9 @@ def _pools(train_set, info, data_root, generator, *, queries: int, tsne_points: 
         return _Pools(train_set, test_set, test_set.labels, torch.arange(len(train_set)), "test")
     # No test split: the queries are training images, kept out of the bank.
     order = torch.randperm(len(train_set), generator=generator)
-    held = order[: max(queries, min(tsne_points, len(train_set) // 5))]
+    # At most half of a small set, so that the bank keeps images too.
+    wanted = max(queries, min(tsne_points, len(train_set) // 5))
+    held = order[: max(1, min(wanted, len(train_set) // 2))]
     pool = train_set.subset(held)
     return _Pools(train_set, pool, pool.labels, order[len(held) :], "held-out training")
 
