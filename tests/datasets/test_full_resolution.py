@@ -187,3 +187,18 @@ def test_training_crops_resampled_by_torch_match_pil(photos):
     exact = decode_crops(str(files["astronaut"]), 224, "RGB", lambda h, w: boxes)
     assert fast.shape == exact.shape == (2, 3, 224, 224) and fast.dtype == np.uint8
     assert mean_abs(fast[0], exact[0]) < 0.5 and mean_abs(fast[1], exact[1]) < 0.5
+
+
+def test_jpeg_decoding_gives_pils_pixels_at_the_reduced_scale(photos):
+    # Plain JPEGs are decoded by simplejpeg: the very pixels of PIL's draft decode at the same
+    # 1/4 scale (a 400 px box shown at 100 px needs only a quarter of the 512 px stored).
+    _, files = photos
+    box = (56.0, 56.0, 456.0, 456.0)
+    ours = decode_crops(str(files["astronaut"]), 100, "RGB", lambda h, w: [(box, False)])[0]
+    with Image.open(files["astronaut"]) as image:
+        image.draft("RGB", (128, 128))
+        assert image.size == (128, 128)
+        quarter = tuple(v / 4 for v in box)
+        expected = np.asarray(image.convert("RGB").resize((100, 100), Image.Resampling.BICUBIC,
+                                                          box=quarter))  # fmt: skip
+    np.testing.assert_array_equal(ours, expected.transpose(2, 0, 1))
