@@ -12,7 +12,7 @@ Two geometries, both computed by PIL on the CPU (in DataLoader workers when stre
 Both decode a JPEG at the smallest of its 1/1, 1/2, 1/4, 1/8 scales that still covers what
 is cut from it at the output size, so no output pixel is made from fewer stored pixels than a
 full decode would give. Plain RGB and grayscale JPEGs without EXIF rotation are decoded by
-simplejpeg (libjpeg-turbo; the same pixels as PIL's ``draft`` decode, about 1.35x faster on a
+simplejpeg (libjpeg-turbo; the same pixels as PIL's ``draft`` decode, about 1.2x faster on a
 500 x 375 photo: benchmarks/RESULTS.md), everything else by PIL. Every image is converted to
 RGB (or 8-bit grayscale), EXIF orientation applied, 16-bit images rescaled to 8 bits.
 """
@@ -98,9 +98,9 @@ def decode_crops(
     applied) and returns each crop's box ``(x0, y0, x1, y1)`` in those pixels and whether to
     flip it horizontally. PIL resamples the exact (sub-pixel) boxes; with ``whole_pixels`` the
     boxes are rounded to whole decoded pixels and resampled by torch's uint8 antialiased
-    bicubic kernel, the same filter as PIL's within about one grey level and about 5x faster on
-    a 224 px crop (benchmarks/RESULTS.md): the training crops use it, the reference law's boxes
-    are whole pixels anyway.
+    bicubic kernel, the same filter as PIL's within about one grey level and faster (3.2 against
+    6.0 ms for an image's decode and two 224 px crops, benchmarks/RESULTS.md): the training
+    crops use it, the reference law's boxes are whole pixels anyway.
     """
     with open_image(source) as stored:
         stored_w, stored_h = stored.size
