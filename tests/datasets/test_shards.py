@@ -124,7 +124,8 @@ def test_resume_after_sigkill_is_exact_for_streamed_data(source, tmp_path):
     assert main(["train", "--data", data, *RUN, "--num-workers", "0", "--out", str(whole)]) == 0
     argv = [sys.executable, "-m", "byol", "train", "--data", data, *RUN, "--num-workers", "2",
             "--checkpoint-every", "4", "--out", str(killed)]  # fmt: skip
-    sigkill_when(argv, _env(), killed / "checkpoints" / "step-00000004.pt", timeout=180)
+    # last.pt is written (atomically) after the numbered file: the run can resume from it.
+    sigkill_when(argv, _env(), killed / "checkpoints" / "last.pt", timeout=180)
     step = load_checkpoint(killed / "checkpoints" / "last.pt")["step"]
     assert 4 <= step < 40
     done = subprocess.run([*argv, "--resume"], env=_env(), capture_output=True, text=True,

@@ -30,8 +30,9 @@ def test_resume_after_sigkill_ends_bitwise_equal_to_an_uninterrupted_run(tmp_pat
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert main(["train", *RUN, "--out", str(whole)]) == 0
     argv = [sys.executable, "-m", "byol", "train", *RUN, "--checkpoint-every", "4"]
-    sigkill_when([*argv, "--out", str(killed)], _env(),
-                 killed / "checkpoints" / "step-00000004.pt", timeout=120)  # fmt: skip
+    # last.pt is written (atomically) after the numbered file: the run can resume from it.
+    sigkill_when([*argv, "--out", str(killed)], _env(), killed / "checkpoints" / "last.pt",
+                 timeout=120)  # fmt: skip
     step = load_checkpoint(killed / "checkpoints" / "last.pt")["step"]
     assert 4 <= step < 24  # killed mid-run
     done = subprocess.run([*argv, "--out", str(killed), "--resume"], env=_env(),
