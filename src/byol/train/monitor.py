@@ -57,12 +57,8 @@ class KnnMonitor:
         the centre ``crop_fraction`` of their shorter side at ``size``."""
         from ..evaluate import knn_accuracy, rankme
 
-        self.bank, self.queries = (
-            None if data is None else data.at_size(size, crop_fraction)
-            for data in (self.bank, self.queries)
-        )
-        assert self.bank is not None
-        bank = _features(model.online_encoder, self.bank, mean, std, size, device)
+        bank_images = self.bank.at_size(size, crop_fraction)  # itself unless full resolution
+        bank = _features(model.online_encoder, bank_images, mean, std, size, device)
         projector = model.online_projector
         was_training = projector.training
         projector.eval()
@@ -72,7 +68,8 @@ class KnnMonitor:
             projector.train(was_training)
         result = {"rankme": rankme(bank), "rankme_projection": rankme(projections)}
         if self.queries is not None:
-            queries = _features(model.online_encoder, self.queries, mean, std, size, device)
+            query_images = self.queries.at_size(size, crop_fraction)
+            queries = _features(model.online_encoder, query_images, mean, std, size, device)
             knn = knn_accuracy(bank, self.bank.labels, queries, self.queries.labels, k=self.k,
                                temperature=self.temperature)  # fmt: skip
             result["knn_top1"] = float(knn["top1"])
