@@ -79,6 +79,16 @@ def test_shards_load_as_labelled_full_resolution_samples(tmp_path):
     assert inline.shape == (3, 2, 3, 24, 24) and torch.equal(inline, workers)
 
 
+def test_held_out_shards_are_the_pattern_with_train_replaced(tmp_path):
+    pattern = write_shards(tmp_path / "shards")
+    with pytest.raises(DataError, match="no test split"):
+        load_dataset(pattern, split="test")
+    for shard in (tmp_path / "shards").glob("train-*.tar"):
+        (shard.parent / shard.name.replace("train", "val")).write_bytes(shard.read_bytes())
+    held_out = load_dataset(pattern, split="test")  # test falls back to val, as folders do
+    assert len(held_out) == 12 and held_out.paths[0].split(":")[0].endswith("val-000000.tar")
+
+
 def test_bad_shards_and_members_are_named(tmp_path):
     write_shards(tmp_path, shards=1, per_shard=1)  # train-000000.tar only
     with pytest.raises(DataError, match=r"train-000001\.tar does not exist"):

@@ -7,7 +7,9 @@ has an image member (any of :data:`~byol.datasets.folder.IMAGE_EXTENSIONS`); its
 integer in its ``.cls`` member, when every sample has one.
 
 Patterns: ``{000..127}`` ranges (zero padding kept), ``{a,b}`` alternatives and several
-patterns joined by ``::``.
+patterns joined by ``::``. Splits: the pattern is the ``train`` split; ``test`` (or ``val``) is
+the same pattern with ``train`` replaced by ``test`` or ``val``
+(``shards/val-{000000..000007}.tar``), when those shards exist.
 
 Why an index and not a sequential stream: the tar headers are read once at start (a few
 seconds per million samples, from headers only), after which every image is read with one
@@ -115,18 +117,14 @@ def load_shards(
     crop_fraction: float = 1.0,
     strict: bool = False,
 ) -> ImageData:
-    """The samples of the shards of ``pattern`` as a streamed :class:`ImageData`.
+    """The samples of the shards of ``pattern`` (its ``split``, see the module docstring) as a
+    streamed :class:`ImageData`.
 
     At full resolution with ``image_size`` None (training crops are cut from the whole image),
     else every image shown at ``image_size`` (see :func:`byol.data.load_dataset`). Unreadable
     members are skipped with a warning naming them (``strict``: refused by name).
     """
-    if split != "train":
-        raise DataError(
-            f"tar shards {pattern!r} have only the split 'train'; give the held-out shards as "
-            "their own dataset"
-        )
-    paths = expand_pattern(pattern)
+    paths = expand_pattern(_split_pattern(pattern, split))
     samples: list[tuple[int, int, int, str, int | None]] = []
     bad: list[str] = []
     for number, path in enumerate(paths):
@@ -152,6 +150,27 @@ def load_shards(
         classes = [str(c) for c in range(int(label_tensor.max()) + 1)]
     names = [reader.name(i) for i in range(len(reader))]
     return ImageData(pattern, None, label_tensor, classes, names, _reader=reader)
+
+
+def _split_pattern(pattern: str, split: str) -> str:
+    """The pattern of ``split``: the pattern itself for ``train``; for ``test`` / ``val``, the
+    pattern with ``train`` replaced by that name (or the other one), whose shards all exist."""
+    if split == "train":
+        return pattern
+    if split not in ("test", "val"):
+        raise DataError(
+            f"unknown split {split!r} for tar shards {pattern!r}: use train, test or val"
+        )
+    names = (split, "val" if split == "test" else "test")
+    for name in names if "train" in pattern else ():
+        candidate = pattern.replace("train", name)
+        if all(Path(path).is_file() for path in expand_pattern(candidate)):
+            return candidate
+    raise DataError(
+        f"tar shards {pattern!r} have no {split} split: held-out shards are found by replacing "
+        f"'train' in the pattern with {' or '.join(repr(n) for n in names)}, and none of those "
+        "shard sets exists"
+    )
 
 
 def _index_shard(path: str, number: int, bad: list[str]) -> list[tuple]:
