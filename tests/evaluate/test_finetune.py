@@ -72,6 +72,23 @@ def test_finetune_learns_and_chooses_on_held_out_images_only(monkeypatch):
     assert (again["learning_rate"], again["epochs"]) == (result["learning_rate"], result["epochs"])
 
 
+def test_a_linear_probe_head_classifies_before_any_fine_tuning():
+    # LP-FT: the head is fitted on the frozen features first, so even a rate too small to train
+    # anything gives a working classifier; a random head at that rate stays near chance.
+    parts = {name: _colour_data(n, seed) for name, n, seed in
+             (("train", 60, 0), ("val", 60, 1), ("test", 90, 2))}  # fmt: skip
+    images = {k: v[0] for k, v in parts.items()}
+    labels = {k: v[1] for k, v in parts.items()}
+    options = dict(mean=(0.3,) * 3, std=(0.3,) * 3, size=8, learning_rates=(1e-7,), epochs=1,
+                   batch_size=16)  # fmt: skip
+    probed = finetune(_encoder(), 8, images, labels, head_init="linear-probe", **options)
+    random_head = finetune(_encoder(), 8, images, labels, **options)
+    assert probed["head_init"] == "linear-probe" and probed["top1"] > 0.6  # chance is 1/3
+    assert random_head["top1"] < probed["top1"] - 0.2
+    with pytest.raises(ConfigError, match="head_init"):
+        finetune(_encoder(), 8, images, labels, head_init="zeros", **options)
+
+
 def test_eval_finetune_end_to_end_against_scratch(tmp_path, capsys):
     import json
 

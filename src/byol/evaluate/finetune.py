@@ -30,8 +30,16 @@ from ..augment.crops import pad_crop_flip, prepare_whole_images, random_resized_
 from ..errors import ConfigError, DataError
 from .checks import channel_stats, check_labels, topk_accuracy
 
-__all__ = ["FINETUNE_LEARNING_RATES", "FineTuneRun", "class_balanced_subset", "finetune"]
+__all__ = [
+    "FINETUNE_LEARNING_RATES",
+    "HEAD_INITS",
+    "FineTuneRun",
+    "class_balanced_subset",
+    "finetune",
+]
 
+#: How the linear head starts: at random, or fitted on the frozen features first (LP-FT).
+HEAD_INITS = ("random", "linear-probe")
 #: The default grid of fine-tuning learning rates (chosen on held-out training images).
 FINETUNE_LEARNING_RATES: tuple[float, ...] = (0.1, 0.03, 0.01)
 
@@ -73,9 +81,15 @@ def finetune(
     crop: str = "pad",
     seed: int = 0,
     device: torch.device | str = "cpu",
+    head_init: str = "random",
 ) -> dict:
     """Fine-tune a copy of ``encoder`` + a linear head on ``images["train"]`` (the labelled
     subset), choose the rate and epochs on ``images["val"]``, score ``images["test"]`` once.
+
+    ``head_init`` ``random`` starts the head from a random initialisation; ``linear-probe``
+    first fits it on the frozen encoder's features of the labelled images (LP-FT, Kumar et al.
+    2022), so that fine-tuning starts from a working classifier instead of pulling the
+    features towards a random one.
 
     ``images`` and ``labels`` map ``train`` / ``val`` / ``test`` to uint8 (N, C, H, W) images
     and their labels. ``crop`` is ``pad`` (pad-4 random crop, for small images) or ``resized``
@@ -89,11 +103,13 @@ def finetune(
             raise DataError(f"fine-tuning needs {part} images")
     if crop not in ("pad", "resized"):
         raise ConfigError(f"crop must be 'pad' or 'resized', got {crop!r}")
+    if head_init not in HEAD_INITS:
+        raise ConfigError(f"head_init must be one of {', '.join(HEAD_INITS)}, got {head_init!r}")
     if epochs < 1 or batch_size < 2 or not learning_rates:
         raise ConfigError("fine-tuning needs epochs >= 1, batch_size >= 2 and a learning rate")
     job = FineTuneRun(encoder, feature_dim, images, labels, mean=mean, std=std, size=size,
                batch_size=batch_size, weight_decay=weight_decay, crop=crop, seed=seed,
-               device=torch.device(device))  # fmt: skip
+               device=torch.device(device), head_init=head_init)  # fmt: skip
     curves = {lr: job.train(lr, epochs, score_each_epoch="val")[1] for lr in learning_rates}
     # The best held-out top-1 over (rate, epoch); ties go to fewer epochs, then the larger rate.
     best_lr, best_epoch = max(
@@ -107,6 +123,7 @@ def finetune(
         "epochs": best_epoch, "val_top1": {str(lr): curve for lr, curve in curves.items()},
         "n_train": len(images["train"]), "n_val": len(images["val"]),
         "n_test": len(images["test"]), "seconds": time.perf_counter() - started,
+        "head_init": head_init,
     }  # fmt: skip
 
 
@@ -114,13 +131,37 @@ class FineTuneRun:
     """The data, augmentation and optimiser settings shared by every training of one call."""
 
     def __init__(self, encoder, feature_dim, images, labels, *, mean, std, size, batch_size,
-                 weight_decay, crop, seed, device) -> None:  # fmt: skip
+                 weight_decay, crop, seed, device, head_init="random") -> None:  # fmt: skip
         self.encoder, self.feature_dim = encoder, feature_dim
         self.images, self.labels = images, {k: v.long() for k, v in labels.items()}
         self.num_classes = int(max(int(v.max()) for v in self.labels.values())) + 1
         self.mean, self.std = channel_stats(mean, std, images["train"].shape[1], device)
         self.size, self.batch_size, self.weight_decay = size, batch_size, weight_decay
         self.crop, self.seed, self.device = crop, seed, device
+        self._probe_head = self._fit_probe_head() if head_init == "linear-probe" else None
+
+    def _fit_probe_head(self) -> nn.Linear:
+        """A linear head fitted on the frozen encoder's features of the labelled images (whole
+        images, eval-mode BatchNorm): full-batch L-BFGS on the cross-entropy, a little L2."""
+        encoder = copy.deepcopy(self.encoder).to(self.device).eval()
+        x, y = self.images["train"], self.labels["train"].to(self.device)
+        with torch.no_grad():
+            features = torch.cat([encoder(self._whole(x[i : i + 512])).flatten(1).float()
+                                  for i in range(0, len(x), 512)])  # fmt: skip
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            head = nn.Linear(self.feature_dim, self.num_classes).to(self.device)
+        optimizer = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=200,
+                                      line_search_fn="strong_wolfe")  # fmt: skip
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            loss = F.cross_entropy(head(features), y) + 1e-4 * head.weight.square().sum()
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+        return head.cpu()
 
     def _augment(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         x = batch.to(self.device).float().div_(255.0)
@@ -141,9 +182,12 @@ class FineTuneRun:
         """A fresh copy of the encoder + head trained for ``epochs``; the top-1 on
         ``score_each_epoch`` after each epoch (empty without it)."""
         generator = torch.Generator().manual_seed(self.seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            head = nn.Linear(self.feature_dim, self.num_classes)
+        if self._probe_head is not None:
+            head = copy.deepcopy(self._probe_head)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                head = nn.Linear(self.feature_dim, self.num_classes)
         model = nn.Sequential(copy.deepcopy(self.encoder), nn.Flatten(1), head).to(self.device)
         optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
                                     weight_decay=self.weight_decay)  # fmt: skip
