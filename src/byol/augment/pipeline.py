@@ -156,11 +156,7 @@ class BYOLAugment:
         ``grayscale`` (applied), ``blur_sigma`` (0 where not blurred) and ``solarize``.
         """
         image = self._to_float(batch)
-        view1, params1 = self._view(image, self.configs[0], generator)
-        view2, params2 = self._view(image, self.configs[1], generator)
-        if return_params:
-            return view1, view2, params1, params2
-        return view1, view2
+        return self._two_views((image, image), generator, return_params, cropped=False)
 
     def from_crops(
         self,
@@ -184,13 +180,26 @@ class BYOLAugment:
                 f"crops of {tuple(crops.shape[-2:])} pixels given to an augmentation of views "
                 f"{self.size}: the loader must cut them at the view size"
             )
-        view1, params1 = self._view(self._to_float(crops[:, 0]), self.configs[0], generator,
-                                    cropped=True)  # fmt: skip
-        view2, params2 = self._view(self._to_float(crops[:, 1]), self.configs[1], generator,
-                                    cropped=True)  # fmt: skip
-        if return_params:
-            return view1, view2, params1, params2
-        return view1, view2
+        images = []
+        for view in (crops[:, 0], crops[:, 1]):
+            image = self._to_float(view)
+            # The steps below work in place: a float32 batch is the caller's, so copy it; a
+            # uint8 one was just converted into a tensor of our own.
+            images.append(image.clone(memory_format=torch.contiguous_format)
+                          if image is view else image.contiguous())  # fmt: skip
+        return self._two_views((images[0], images[1]), generator, return_params, cropped=True)
+
+    def _two_views(
+        self,
+        images: tuple[torch.Tensor, torch.Tensor],
+        generator: torch.Generator | None,
+        return_params: bool,
+        *,
+        cropped: bool,
+    ) -> tuple[torch.Tensor, ...]:
+        view1, params1 = self._view(images[0], self.configs[0], generator, cropped)
+        view2, params2 = self._view(images[1], self.configs[1], generator, cropped)
+        return (view1, view2, params1, params2) if return_params else (view1, view2)
 
     def view(
         self,
@@ -247,11 +256,10 @@ class BYOLAugment:
         params = _draw_params(uniforms, config, h, w, c)
         device = image.device
 
-        if cropped:  # the loader cropped, resized and flipped already
+        if cropped:  # the loader cropped, resized and flipped already; image is ours
             params["crop"] = torch.tensor([[0.0, 0.0, w, h]], device=rand_device).expand(b, 4)
             params["flip"] = torch.zeros_like(params["flip"])
-            # A copy: the steps below work in place, and a float batch is the caller's.
-            out = image.clone(memory_format=torch.contiguous_format)
+            out = image
         else:
             out = resample_boxes(
                 image, params["crop"], params["flip"], self.size, self.interpolation

@@ -168,7 +168,7 @@ class ImageData:
     def typical_side(self) -> int | None:
         """The median shorter side of the stored images (of the files, when streamed)."""
         if self.images is not None:
-            return min(self.image_size or (0, 0))
+            return int(min(self.images.shape[2:]))
         assert self._reader is not None
         return self._reader.typical_side()
 
@@ -210,7 +210,6 @@ class ImageData:
             collate_fn=_stack_images,
             pin_memory=pin_memory and torch.cuda.is_available(),
             prefetch_factor=prefetch_factor if num_workers > 0 else None,
-            persistent_workers=False,
         )
         yield from loader
 

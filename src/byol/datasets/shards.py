@@ -27,6 +27,7 @@ import tarfile
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..errors import DataError
@@ -87,6 +88,8 @@ class ShardReader(StreamedImages):
         super().__init__(mode, **options)
         self.shards, self.shard_of, self.offsets = shards, shard_of, offsets
         self.lengths, self.keys = lengths, keys
+        # Shorter sides of the first samples' images (only those headers are read at start).
+        self.sampled_sides: list[int] = []
         self._files: dict[int, int] = {}
         self._pid = -1
 
@@ -107,6 +110,10 @@ class ShardReader(StreamedImages):
 
     def name(self, index: int) -> str:
         return f"{self.shards[self.shard_of[index]]}:{self.keys[index]}"
+
+    def typical_side(self) -> int | None:
+        """The median shorter side of the sampled images' headers."""
+        return int(np.median(self.sampled_sides)) if self.sampled_sides else None
 
 
 def load_shards(
@@ -142,9 +149,8 @@ def load_shards(
     shard_of, offsets, lengths, keys = (list(column) for column in zip(*(s[:4] for s in samples)))
     reader = ShardReader(paths, shard_of, offsets, lengths, keys, "RGB", size=image_size,
                          crop_fraction=crop_fraction, strict=strict)  # fmt: skip
-    mode, sides = _sample_headers(reader)
+    mode, reader.sampled_sides = _sample_headers(reader)
     reader.mode, reader.channels = mode, 1 if mode == "L" else 3
-    reader.sides = sides
     classes = None
     if label_tensor is not None:
         classes = [str(c) for c in range(int(label_tensor.max()) + 1)]
@@ -217,7 +223,7 @@ def _read_label(tar: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> int
         ) from None
 
 
-def _sample_headers(reader: ShardReader) -> tuple[str, list[int] | None]:
+def _sample_headers(reader: ShardReader) -> tuple[str, list[int]]:
     """RGB or grayscale, and the shorter sides, from the headers of the first samples."""
     count = min(len(reader), _HEADER_SAMPLE)
 
@@ -230,12 +236,6 @@ def _sample_headers(reader: ShardReader) -> tuple[str, list[int] | None]:
 
     found = [h for h in thread_map(header, list(range(count))) if h is not None]
     if not found:
-        return "RGB", None
+        return "RGB", []
     grayscale = all(mode in GRAYSCALE_MODES for mode, _ in found)
-    return ("L" if grayscale else "RGB"), None if reader.size else _spread(found, len(reader))
-
-
-def _spread(found: list[tuple[str, int]], count: int) -> list[int]:
-    """The sampled sides, repeated to one entry per sample (typical_side reads their median)."""
-    sides = [side for _, side in found]
-    return [sides[i % len(sides)] for i in range(count)]
+    return ("L" if grayscale else "RGB"), [side for _, side in found]
