@@ -69,7 +69,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         _run_of(args), data=args.data, data_root=args.data_root, protocol=args.protocol,
         baselines=args.baseline or (), augmented=args.augmented, epochs=args.epochs,
         seed=args.seed, device=args.device, batch_size=args.batch_size, quiet=args.json,
-        label_fractions=args.label_fraction,
+        label_fractions=args.label_fraction, head_init=args.head_init,
     )  # fmt: skip
     if args.json:
         print(json.dumps(result))
@@ -113,6 +113,11 @@ def register_eval(commands: Any) -> None:
     parser.add_argument("--label-fraction", type=float, nargs="+", default=[0.01, 0.1],
                         metavar="F", help="class-balanced fractions of the training labels "
                         "for --protocol finetune (default: 0.01 0.1)")  # fmt: skip
+    parser.add_argument("--head-init", choices=("linear-probe", "random"),
+                        default="linear-probe",
+                        help="with --protocol finetune, how the encoder's linear head starts: "
+                        "fitted on the frozen features first (LP-FT) or random; scratch is "
+                        "always random (default: linear-probe)")  # fmt: skip
     parser.add_argument("--augmented", action="store_true",
                         help="linear probe on augmented images (crop + flip) every epoch "
                         "instead of pre-computed features (slow on CPU)")  # fmt: skip

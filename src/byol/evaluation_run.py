@@ -42,7 +42,12 @@ from .evaluation_files import (
     results_table,
     say,
 )
-from .evaluation_label_scarce import LABEL_FRACTIONS, finetune_evaluation, rankme_evaluation
+from .evaluation_label_scarce import (
+    DEFAULT_HEAD_INIT,
+    LABEL_FRACTIONS,
+    finetune_evaluation,
+    rankme_evaluation,
+)
 from .handover import (
     EncoderInfo,
     encode_dataset,
@@ -128,14 +133,16 @@ def run_evaluation(
     write_run_file: bool = True,
     quiet: bool = False,
     label_fractions: Sequence[float] = LABEL_FRACTIONS,
+    head_init: str = DEFAULT_HEAD_INIT,
 ) -> dict[str, Any]:
     """Evaluate the online encoder of ``checkpoint`` (and ``baselines``) with ``protocol``.
 
     Args:
         checkpoint: a ``byol train`` checkpoint, or a run folder (its ``checkpoints/last.pt``).
         data, data_root: the labelled dataset; default: the one the checkpoint was trained on.
-        protocol: ``linear``, ``knn`` or ``all``.
-        baselines: any of ``random-init`` and ``pixels``.
+        protocol: ``linear``, ``knn``, ``all``, ``rankme`` (label-free) or ``finetune`` (the
+            whole encoder + a linear head on ``label_fractions`` of the training labels).
+        baselines: any of ``random-init`` and ``pixels``; with ``finetune``, ``scratch``.
         augmented: linear probe on augmented images instead of pre-computed features: random
             crop + horizontal flip (pad-4 crop for images of <= 64 px, random resized crop
             above).
@@ -144,6 +151,9 @@ def run_evaluation(
             encoder.
         write_run_file: also write ``RUN/eval.json`` when the checkpoint is in a run folder.
         quiet: no progress lines on stderr.
+        label_fractions: with ``finetune``, the class-balanced fractions of the labels.
+        head_init: with ``finetune``, how the encoder's head starts: ``linear-probe`` (fitted
+            on the frozen features first, LP-FT) or ``random``.
 
     Returns:
         ``{"checkpoint", "step", "arch", "dataset", "protocol", "augmented", "split_sizes":
@@ -157,7 +167,7 @@ def run_evaluation(
         return finetune_evaluation(
             checkpoint, data=data, data_root=data_root, baselines=baselines,
             label_fractions=label_fractions, epochs=epochs, seed=seed, device=device,
-            write_run_file=write_run_file, quiet=quiet,
+            write_run_file=write_run_file, quiet=quiet, head_init=head_init,
         )  # fmt: skip
     if protocol == "rankme":
         return rankme_evaluation(checkpoint, data=data, data_root=data_root, seed=seed,

@@ -106,6 +106,10 @@ def test_eval_finetune_end_to_end_against_scratch(tmp_path, capsys):
     written = json.loads((run / "eval.json").read_text())
     rows = {(r["name"], r["label_fraction"]) for r in written["rows"]}
     assert rows == {("byol", 0.05), ("scratch", 0.05), ("byol", 0.1), ("scratch", 0.1)}
+    # The pre-trained encoder's head starts from a linear probe by default; scratch is trained
+    # the standard way, its head from a random start.
+    heads = {r["name"]: r["head_init"] for r in written["rows"]}
+    assert heads == {"byol": "linear-probe", "scratch": "random"}
     from byol.data import load_dataset
 
     counts = torch.bincount(load_dataset("digits", split="train").labels)
@@ -113,3 +117,6 @@ def test_eval_finetune_end_to_end_against_scratch(tmp_path, capsys):
     assert written["split_sizes"]["val"] == sum(max(1, round(0.1 * int(c))) for c in counts)
     assert main(["eval", str(run), "--protocol", "finetune", "--baseline", "pixels"]) == 2
     assert "compares with --baseline scratch only" in capsys.readouterr().err
+    assert main(argv[:6] + ["--epochs", "1", "--head-init", "random", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [r["head_init"] for r in rows] == ["random"]
