@@ -34,12 +34,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from byol import backbones, load_checkpoint
+from byol import backbones
 from byol.baselines import random_init_encoder, train_supervised
 from byol.config import resolve
 from byol.data import load_dataset
 from byol.evaluate import extract_features, knn_accuracy, linear_probe, pixel_features
 from byol.evaluation_run import run_evaluation
+from byol.handover import load_encoder
 from byol.train import Trainer
 from results_file import machine, write_section
 
@@ -54,6 +55,37 @@ def calibrate(values: dict, out: Path, steps: int) -> float:
     rates = [r["images_per_s"] for r in records if "images_per_s" in r][1:]
     shutil.rmtree(out, ignore_errors=True)
     return statistics.median(rates)
+
+
+def pretrain(values: dict, seed: int, run_dir: Path, budget_s: float, n_train: int, *,
+             reuse: bool) -> dict:  # fmt: skip
+    """Pre-train one seed within the budget (or, with ``reuse``, take the finished run already
+    in ``run_dir``); the BYOL row's training facts."""
+    summary_path = run_dir / "summary.json"
+    if reuse and summary_path.exists():
+        summary = json.loads(summary_path.read_text())
+        records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        rates = [r["images_per_s"] for r in records if "images_per_s" in r][1:]
+        batch_size = resolve({**values, "seed": seed}).batch_size
+        print(f"seed {seed}: reusing the finished run in {run_dir}", flush=True)
+        return {"name": "BYOL", "seed": seed, "steps": summary["step"],
+                "total_steps": summary["total_steps"], "train_seconds": summary["seconds"],
+                "epochs": summary["total_steps"] / (n_train // batch_size),
+                "batch_size": batch_size, "train_images": n_train,
+                "images_per_s": statistics.median(rates), "reused": True}  # fmt: skip
+    images_per_s = calibrate({**values, "seed": seed}, run_dir.parent / "calibration", steps=30)
+    # 3% margin for the checkpoint writes and the logging the calibration did not see.
+    epochs = 0.97 * budget_s * images_per_s / n_train
+    shutil.rmtree(run_dir, ignore_errors=True)
+    config = resolve({**values, "seed": seed, "epochs": epochs, "out": str(run_dir),
+                      "knn_every": 0, "checkpoint_every": 10**9})  # fmt: skip
+    print(f"seed {seed}: {images_per_s:.0f} images/s -> {epochs:.2f} epochs", flush=True)
+    start = time.perf_counter()
+    result = Trainer(config, show_progress=False).fit()
+    return {"name": "BYOL", "seed": seed, "epochs": epochs,
+            "train_seconds": time.perf_counter() - start, "steps": result.step,
+            "total_steps": result.total_steps, "batch_size": config.batch_size,
+            "train_images": n_train, "images_per_s": images_per_s}  # fmt: skip
 
 
 def evaluate(encoder, train, test, mean, std, size, seed) -> dict:
@@ -94,6 +126,9 @@ def main() -> int:
                         help="semi-supervised rows, first seed (none: skip them)")  # fmt: skip
     parser.add_argument("--finetune-epochs", type=int, default=15,
                         help="the most fine-tuning epochs tried per learning rate")  # fmt: skip
+    parser.add_argument("--reuse-runs", action="store_true",
+                        help="evaluate a seed's finished run already in --out instead of "
+                        "training it again (an interrupted benchmark)")  # fmt: skip
     parser.add_argument("--write-results", action="store_true")
     parser.add_argument("--from-results", type=Path, metavar="RESULTS_JSON",
                         help="train nothing: print (and with --write-results write) the "
@@ -118,31 +153,13 @@ def main() -> int:
     budget_s = args.budget_minutes * 60
     rows = []
     for seed in args.seeds:
-        images_per_s = calibrate({**values, "seed": seed}, out / "calibration", steps=30)
-        # 3% margin for the checkpoint writes and the logging the calibration did not see.
-        epochs = 0.97 * budget_s * images_per_s / len(train)
         run_dir = out / f"seed{seed}"
-        shutil.rmtree(run_dir, ignore_errors=True)
-        config = resolve({**values, "seed": seed, "epochs": epochs, "out": str(run_dir),
-                          "knn_every": 0, "checkpoint_every": 10**9})  # fmt: skip
-        print(f"seed {seed}: {images_per_s:.0f} images/s -> {epochs:.2f} epochs", flush=True)
-        trainer = Trainer(config, show_progress=False)
-        start = time.perf_counter()
-        result = trainer.fit()
-        train_seconds = time.perf_counter() - start
-        checkpoint = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-        trainer.model.load_state_dict(checkpoint["model"])
-        size = trainer.image_size
-        byol_row = evaluate(trainer.model.online_encoder, train, test, mean, std, size, seed)
-        byol_row.update(name="BYOL", seed=seed, epochs=epochs, train_seconds=train_seconds,
-                        steps=result.step, total_steps=result.total_steps,
-                        batch_size=trainer.config.batch_size, train_images=len(train),
-                        images_per_s=images_per_s)  # fmt: skip
+        byol_row = pretrain(values, seed, run_dir, budget_s, len(train), reuse=args.reuse_runs)
+        encoder, info = load_encoder(run_dir / "checkpoints" / "last.pt")
+        size, small = info.image_size, info.small_images
+        byol_row.update(evaluate(encoder, train, test, mean, std, size, seed))
         rows.append(byol_row)
-        small = trainer.config.small_images
-        if small is None:
-            small = backbones.default_small_images(size)
-        random_encoder = random_init_encoder(trainer.config.arch, small_images=small,
+        random_encoder = random_init_encoder(info.arch, small_images=small,
                                              in_channels=train.channels, seed=seed)  # fmt: skip
         rows.append({"name": "random-init encoder", "seed": seed,
                      **evaluate(random_encoder, train, test, mean, std, size, seed)})  # fmt: skip
@@ -155,7 +172,7 @@ def main() -> int:
                          "linear_top5": probe["top5"], "linear_lr": probe["learning_rate"],
                          "knn_top1": knn["top1"], "dim": p_train.shape[1]})  # fmt: skip
             if args.supervised:
-                encoder, dim = backbones.build(trainer.config.arch, small_images=small,
+                encoder, dim = backbones.build(info.arch, small_images=small,
                                                in_channels=train.channels)  # fmt: skip
                 torch.manual_seed(seed)
                 sup = train_supervised(encoder, dim, train.images, train.labels, test.images,
