@@ -247,8 +247,24 @@ def format_table(rows, args, values) -> str:
         lines.append(f"| {row['name']} | {row['seed']} | {pct(row.get('linear_top1'))} | "
                      f"{pct(row.get('linear_top5'))} | {pct(row.get('knn_top1'))} | "
                      f"{training} |")  # fmt: skip
+    lines += seed_means(rows)
     lines += semi_supervised_table(rows)
     return "\n".join(lines)
+
+
+def seed_means(rows: list[dict]) -> list[str]:
+    """The mean over seeds of every feature kind evaluated on more than one seed."""
+    kinds = [r["name"] for r in rows if not r.get("semi_supervised")]
+    lines = []
+    for name in dict.fromkeys(kinds):
+        scored = [r for r in rows if r["name"] == name and r.get("linear_top1") is not None]
+        if len(scored) > 1:
+            linear = statistics.mean(r["linear_top1"] for r in scored)
+            knn = [r["knn_top1"] for r in scored if r.get("knn_top1") is not None]
+            knn_text = f", k-NN {100 * statistics.mean(knn):.2f}%" if knn else ""
+            lines.append(f"- {name}, mean of {len(scored)} seeds: linear top-1 "
+                         f"{100 * linear:.2f}%{knn_text}")  # fmt: skip
+    return ["", *lines] if lines else []
 
 
 def semi_supervised_table(rows: list[dict]) -> list[str]:

@@ -62,3 +62,7 @@ def test_fashion_mnist_benchmark_pretrains_reuses_and_tabulates(fashion_mnist_sc
     assert "| 1% | 600 | 0 | 80.00 / 99.00 (lr 0.003, 10 ep) | 70.00 / 99.00" in table
     assert table.rstrip().endswith("| +10.00 |")
     assert "--no-supervised --label-fractions 0.01 --finetune-epochs 10" in table
+    two_seeds = [{"name": "BYOL", "seed": s, "linear_top1": t, "knn_top1": t - 0.1}
+                 for s, t in ((0, 0.9), (1, 0.8))]  # fmt: skip
+    assert fm.seed_means(two_seeds) == ["", "- BYOL, mean of 2 seeds: linear top-1 85.00%, "
+                                            "k-NN 75.00%"]  # fmt: skip
