@@ -117,6 +117,6 @@ def test_eval_finetune_end_to_end_against_scratch(tmp_path, capsys):
     assert written["split_sizes"]["val"] == sum(max(1, round(0.1 * int(c))) for c in counts)
     assert main(["eval", str(run), "--protocol", "finetune", "--baseline", "pixels"]) == 2
     assert "compares with --baseline scratch only" in capsys.readouterr().err
-    assert main(argv[:6] + ["--epochs", "1", "--head-init", "random", "--json"]) == 0
+    assert main([*argv[:6], "--epochs", "1", "--head-init", "random", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["rows"]
     assert [r["head_init"] for r in rows] == ["random"]
