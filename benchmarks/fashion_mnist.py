@@ -1,7 +1,8 @@
 """The Fashion-MNIST result: BYOL pre-training within a wall-clock budget, then the linear
 probe and k-NN against a random-initialised encoder, raw pixels and a supervised reference.
 
-    .venv/bin/python benchmarks/fashion_mnist.py --budget-minutes 30 --seeds 0 1 --write-results
+    .venv/bin/python benchmarks/fashion_mnist.py --budget-minutes 30 --seeds 0 1 2 \
+        --set schedule_to_time_limit=true --finetune-epochs 10 --write-results
 
 Per seed: pre-train on the 60,000 training images without labels (the schedule's length is
 set from a short throughput calibration so that it fits the budget), then evaluate the online
