@@ -52,10 +52,15 @@ def calibrate(values: dict, out: Path, steps: int) -> float:
     config = resolve({**values, "out": str(out), "max_steps": steps, "log_every": 5,
                       "knn_every": 0, "tensorboard": False})  # fmt: skip
     Trainer(config, show_progress=False).fit()
-    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    rates = [r["images_per_s"] for r in records if "images_per_s" in r][1:]
+    rate = median_rate(out)
     shutil.rmtree(out, ignore_errors=True)
-    return statistics.median(rates)
+    return rate
+
+
+def median_rate(run_dir: Path) -> float:
+    """Median images/s over a run's logged windows, the first (warm-up) dropped."""
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return statistics.median([r["images_per_s"] for r in records if "images_per_s" in r][1:])
 
 
 def pretrain(values: dict, seed: int, run_dir: Path, budget_s: float, n_train: int, *,
@@ -65,15 +70,13 @@ def pretrain(values: dict, seed: int, run_dir: Path, budget_s: float, n_train: i
     summary_path = run_dir / "summary.json"
     if reuse and summary_path.exists():
         summary = json.loads(summary_path.read_text())
-        records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        rates = [r["images_per_s"] for r in records if "images_per_s" in r][1:]
         batch_size = resolve({**values, "seed": seed}).batch_size
         print(f"seed {seed}: reusing the finished run in {run_dir}", flush=True)
         return {"name": "BYOL", "seed": seed, "steps": summary["step"],
                 "total_steps": summary["total_steps"], "train_seconds": summary["seconds"],
                 "epochs": summary["total_steps"] / (n_train // batch_size),
                 "batch_size": batch_size, "train_images": n_train,
-                "images_per_s": statistics.median(rates), "reused": True}  # fmt: skip
+                "images_per_s": median_rate(run_dir), "reused": True}  # fmt: skip
     images_per_s = calibrate({**values, "seed": seed}, run_dir.parent / "calibration", steps=30)
     # 3% margin for the checkpoint writes and the logging the calibration did not see.
     epochs = 0.97 * budget_s * images_per_s / n_train

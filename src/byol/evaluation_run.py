@@ -173,6 +173,18 @@ def run_evaluation(
         return rankme_evaluation(checkpoint, data=data, data_root=data_root, seed=seed,
                                   device=device, batch_size=batch_size,
                                   write_run_file=write_run_file)  # fmt: skip
+    return _frozen_evaluation(
+        checkpoint, data=data, data_root=data_root, protocol=protocol, baselines=baselines,
+        augmented=augmented, epochs=epochs, seed=seed, device=device, batch_size=batch_size,
+        write_run_file=write_run_file, quiet=quiet,
+    )  # fmt: skip
+
+
+def _frozen_evaluation(
+    checkpoint, *, data, data_root, protocol, baselines, augmented, epochs, seed, device,
+    batch_size, write_run_file, quiet,
+) -> dict[str, Any]:  # fmt: skip
+    """``linear`` / ``knn`` / ``all``: the frozen encoder (and baselines) probed on features."""
     started = time.perf_counter()
     run = open_evaluation(checkpoint, data=data, data_root=data_root, device=device)
     checkpoint, encoder, info, name = run.checkpoint, run.encoder, run.info, run.dataset
