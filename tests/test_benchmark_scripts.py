@@ -66,3 +66,22 @@ def test_fashion_mnist_benchmark_pretrains_reuses_and_tabulates(fashion_mnist_sc
                  for s, t in ((0, 0.9), (1, 0.8))]  # fmt: skip
     assert fm.seed_means(two_seeds) == ["", "- BYOL, mean of 2 seeds: linear top-1 85.00%, "
                                             "k-NN 75.00%"]  # fmt: skip
+
+
+def test_tuning_run_scores_on_the_holdout_and_tabulates(fashion_mnist_script, tmp_path):
+    # fashion_mnist_script puts benchmarks/ on sys.path, which tune_preset imports from.
+    spec = importlib.util.spec_from_file_location("tune_preset", BENCHMARKS / "tune_preset.py")
+    tune = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tune)
+    overrides = {"data": "digits", "arch": "convnet", "hidden_dim": 32, "batch_size": 64,
+                 "image_size": 8, "eval_image_size": 8}  # fmt: skip
+    row = tune.tuning_run("tiny", overrides, preset="fashion-mnist", minutes=0.05, seed=0,
+                          holdout=300, out=tmp_path)  # fmt: skip
+    assert row["steps"] >= 1 and row["eval_size"] == 8 and 0 < row["linear_top1"] <= 1
+    # Epochs count the pre-training images: the training split less the holdout.
+    n_train = len(load_dataset("digits", split="train"))
+    assert row["epochs"] == round(row["steps"] / ((n_train - 300) // 64), 2)
+    table = tune.table([row, {**row, "name": "lr8", "overrides": {"base_lr": 8.0}}])
+    assert "| tiny | `data` digits, `arch` convnet" in table
+    assert "| lr8 | `base_lr` 8.0 | 0 | 0.05 |" in table
+    assert f"{100 * row['linear_top1']:.2f}% |" in table
