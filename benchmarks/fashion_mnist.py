@@ -207,8 +207,8 @@ def recipe_summary(values: dict) -> str:
     """The encoder and image sizes the recipe resolves to, for the table's header."""
     config = resolve(dict(values))
     view = config.image_size or 28
-    return (f"encoder `{config.arch}`; views {view} px, evaluation at "
-            f"{config.eval_image_size or view} px")  # fmt: skip
+    return (f"encoder `{config.arch}`; batch {config.batch_size}, base lr {config.base_lr:g}; "
+            f"views {view} px, evaluation at {config.eval_image_size or view} px")  # fmt: skip
 
 
 def format_table(rows, args, values) -> str:
@@ -223,8 +223,13 @@ def format_table(rows, args, values) -> str:
         f"{args.budget_minutes:g} --seeds {' '.join(map(str, args.seeds))}"
         + (f" --set {' '.join(args.set)}" if args.set else "")
         + ("" if args.supervised else " --no-supervised")
-        + f" --label-fractions {' '.join(f'{f:g}' for f in args.label_fractions)}"
-        + f" --finetune-epochs {args.finetune_epochs} --write-results`",
+        + (
+            f" --label-fractions {' '.join(f'{f:g}' for f in args.label_fractions)}"
+            f" --finetune-epochs {args.finetune_epochs}"
+            if args.label_fractions
+            else " --label-fractions"
+        )
+        + " --write-results`",
         f"Recipe: preset `{values['preset']}`"
         + (f" with {', '.join(args.set)}" if args.set else "")
         + f"; pre-training budget {args.budget_minutes:g} min of wall-clock per seed; "
