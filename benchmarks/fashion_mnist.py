@@ -85,8 +85,9 @@ def pretrain(values: dict, seed: int, run_dir: Path, budget_s: float, n_train: i
                       "knn_every": 0, "checkpoint_every": 10**9})  # fmt: skip
     print(f"seed {seed}: {images_per_s:.0f} images/s -> {epochs:.2f} epochs", flush=True)
     start = time.perf_counter()
-    result = Trainer(config, show_progress=False).fit()
-    return {"name": "BYOL", "seed": seed, "epochs": epochs,
+    trainer = Trainer(config, show_progress=False)
+    result = trainer.fit()
+    return {"name": "BYOL", "seed": seed, "epochs": epochs, "precision": trainer.precision,
             "train_seconds": time.perf_counter() - start, "steps": result.step,
             "total_steps": result.total_steps, "batch_size": config.batch_size,
             "train_images": n_train, "images_per_s": images_per_s}  # fmt: skip
@@ -181,11 +182,13 @@ def main() -> int:
                 torch.manual_seed(seed)
                 sup = train_supervised(encoder, dim, train.images, train.labels, test.images,
                                        test.labels, mean=mean, std=std, seconds=budget_s,
-                                       seed=seed)  # fmt: skip
+                                       seed=seed,
+                                       precision=byol_row.get("precision", "auto"))  # fmt: skip
                 rows.append({"name": "supervised (same encoder, labels, same budget)",
                              "seed": seed, "linear_top1": sup["top1"],
                              "linear_top5": sup["top5"], "epochs": sup["epochs"],
-                             "train_seconds": sup["seconds"]})  # fmt: skip
+                             "train_seconds": sup["seconds"],
+                             "precision": sup["precision"]})  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
         # Written after every seed, so an interrupted benchmark keeps what it measured.
         (out / "results.json").write_text(json.dumps(rows, indent=2))
@@ -253,6 +256,8 @@ def format_table(rows, args, values) -> str:
                 training += f" (budget stopped the schedule at step {row['steps']} of {total})"
         elif "epochs" in row and row.get("train_seconds"):
             training = f"{row['epochs']:.2f} epochs, {row['train_seconds'] / 60:.1f} min"
+        if training and row.get("precision"):
+            training += f", {row['precision']}"
         lines.append(f"| {row['name']} | {row['seed']} | {pct(row.get('linear_top1'))} | "
                      f"{pct(row.get('linear_top5'))} | {pct(row.get('knn_top1'))} | "
                      f"{training} |")  # fmt: skip

@@ -25,6 +25,11 @@ def machine() -> str:
     import os
 
     text = f"{model}, {os.cpu_count()} cores, torch {torch.__version__}"
+    # Whether bf16 is native here decides what `--precision auto` trains in.
+    from byol.runtime import NATIVE_CPU_FLAGS, cpu_flags
+
+    native = sorted(set(NATIVE_CPU_FLAGS["bf16"]) & cpu_flags())
+    text += f", native bf16: {' '.join(native)}" if native else ", no native bf16"
     if torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name()}"
     return text

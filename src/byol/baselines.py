@@ -15,6 +15,7 @@ from torch import nn
 from .augment.crops import pad_crop_flip
 from .evaluate import topk_accuracy
 from .evaluate.checks import channel_stats
+from .runtime import AUTOCAST_DTYPES, resolve_precision
 
 __all__ = ["random_init_encoder", "train_supervised"]
 
@@ -58,14 +59,20 @@ def train_supervised(
     padding: int = 2,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    precision: str = "fp32",
 ) -> dict:
     """Train ``encoder`` + a linear head with cross-entropy for ``seconds`` of wall-clock time.
 
     SGD (Nesterov momentum 0.9, weight decay), a learning rate that decays linearly to 0 with
-    the elapsed fraction of the budget, random translation + flip. Returns test top-1/top-5 of
-    the trained classifier, the epochs done and the seconds used.
+    the elapsed fraction of the budget, random translation + flip. ``precision`` (``fp32``,
+    ``bf16``, ``fp16`` or ``auto``, as ``byol train --precision``) is the forward's autocast,
+    so that a reference run gets the same arithmetic as the BYOL run it is compared with.
+    Returns test top-1/top-5 of the trained classifier, the epochs done, the seconds used and
+    the precision.
     """
     device = torch.device(device)
+    precision = resolve_precision(precision, device)
+    autocast_dtype = AUTOCAST_DTYPES.get(precision)
     num_classes = int(train_labels.max()) + 1
     model = nn.Sequential(encoder, nn.Flatten(1), nn.Linear(feature_dim, num_classes)).to(device)
     optimizer = torch.optim.SGD(
@@ -94,7 +101,9 @@ def train_supervised(
             images = pad_crop_flip(
                 train_images[index].float(), padding, generator, padding_mode="replicate"
             )
-            loss = F.cross_entropy(model(prepare(images)), train_labels[index].to(device))
+            with torch.autocast(device.type, autocast_dtype, enabled=autocast_dtype is not None):
+                logits = model(prepare(images))
+            loss = F.cross_entropy(logits.float(), train_labels[index].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -102,7 +111,8 @@ def train_supervised(
             epochs += batch_size / n
     used = time.perf_counter() - start
     return {**_test_scores(model, prepare, test_images, test_labels, num_classes),
-            "epochs": epochs, "steps": steps, "seconds": used}  # fmt: skip
+            "epochs": epochs, "steps": steps, "seconds": used,
+            "precision": precision}  # fmt: skip
 
 
 @torch.no_grad()

@@ -208,7 +208,8 @@ class TrainConfig:
     device: str = key("auto", "auto, cpu, cuda[:N] or mps", "runtime", resumable=True)
     precision: str = key(
         "auto",
-        "fp32 | bf16 | fp16 (auto: fp32 on CPU, bf16 on GPU)",
+        "fp32 | bf16 | fp16 (auto: bf16 where the hardware computes it natively: CPUs with "
+        "AMX-BF16 or AVX512-BF16, CUDA GPUs with bf16; fp32 elsewhere)",
         "runtime",
         choices=("auto", "fp32", "bf16", "fp16"),
     )
