@@ -114,7 +114,8 @@ def semi_supervised_rows(run_dir: Path, fractions: list[float], epochs: int, see
              "semi_supervised": True, "linear_top1": r["top1"], "linear_top5": r["top5"],
              "label_fraction": r["label_fraction"], "n_train": r["n_train"],
              "learning_rate": r["learning_rate"], "finetune_epochs": r["epochs"],
-             "head_init": r["head_init"], "train_seconds_finetune": r["seconds"]}
+             "head_init": r["head_init"], "precision": r.get("precision"),
+             "train_seconds_finetune": r["seconds"]}
             for r in result["rows"]]  # fmt: skip
 
 

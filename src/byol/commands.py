@@ -70,6 +70,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         baselines=args.baseline or (), augmented=args.augmented, epochs=args.epochs,
         seed=args.seed, device=args.device, batch_size=args.batch_size, quiet=args.json,
         label_fractions=args.label_fraction, head_init=args.head_init,
+        precision=args.precision,
     )  # fmt: skip
     if args.json:
         print(json.dumps(result))
@@ -118,6 +119,10 @@ def register_eval(commands: Any) -> None:
                         help="with --protocol finetune, how the encoder's linear head starts: "
                         "fitted on the frozen features first (LP-FT) or random; scratch is "
                         "always random (default: linear-probe)")  # fmt: skip
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                        help="with --protocol finetune, the autocast of its forward passes "
+                        "(auto: bf16 where the hardware computes it natively, else fp32; "
+                        "the frozen protocols run fp32) (default: auto)")  # fmt: skip
     parser.add_argument("--augmented", action="store_true",
                         help="linear probe on augmented images (crop + flip) every epoch "
                         "instead of pre-computed features (slow on CPU)")  # fmt: skip

@@ -11,6 +11,7 @@ from .baselines import random_init_encoder
 from .errors import DataError
 from .evaluation_files import augmented_crop, open_evaluation, record, say
 from .handover import resolve_checkpoint
+from .runtime import describe_precision, precision_warning, resolve_precision
 
 __all__ = [
     "DEFAULT_HEAD_INIT",
@@ -32,19 +33,25 @@ DEFAULT_HEAD_INIT = "linear-probe"
 
 def finetune_evaluation(
     checkpoint, *, data, data_root, baselines, label_fractions, epochs, seed, device,
-    write_run_file, quiet, head_init=DEFAULT_HEAD_INIT,
+    write_run_file, quiet, head_init=DEFAULT_HEAD_INIT, precision="auto",
 ) -> dict[str, Any]:  # fmt: skip
     """``--protocol finetune``: the encoder (and ``scratch``, the same architecture from a
     random start) fine-tuned on each class-balanced fraction of the training labels.
 
     ``head_init`` is how the pre-trained encoder's head starts; ``scratch`` is trained the
-    standard supervised way, its head (like the rest of it) from a random start."""
+    standard supervised way, its head (like the rest of it) from a random start. ``precision``
+    is resolved as ``byol train --precision`` (``auto``: bf16 where the hardware computes it
+    natively) and is the same for both."""
     from .evaluate.finetune import class_balanced_subset, finetune
 
     started = time.perf_counter()
     run = open_evaluation(checkpoint, data=data, data_root=data_root, device=device)
     checkpoint, encoder, info, name = run.checkpoint, run.encoder, run.info, run.dataset
     train_set, test_set, run_device = run.train, run.test, run.device
+    requested, precision = precision, resolve_precision(precision, run_device)
+    say(f"fine-tuning in {describe_precision(requested, precision, run_device)}", quiet)
+    if warning := precision_warning(precision, run_device):
+        say(f"warning: {warning}", quiet)
     if train_set.images is None or test_set.images is None:
         raise DataError(f"--protocol finetune needs {name!r} in memory; it is streamed")
     # Held out first, then the labelled subsets from the rest: never the test split.
@@ -65,6 +72,7 @@ def finetune_evaluation(
             result = finetune(model, info.feature_dim, images, labels, mean=info.mean,
                               std=info.std, size=info.image_size, crop=augmented_crop(info),
                               seed=seed, device=run_device, head_init=head_start,
+                              precision=precision,
                               **({"epochs": epochs} if epochs else {}))  # fmt: skip
             rows.append({"name": row_name, "protocol": "finetune", "label_fraction": fraction,
                          **{k: v for k, v in result.items() if k != "val_top1"},
@@ -75,7 +83,7 @@ def finetune_evaluation(
     first = rows[0]
     result = {
         "checkpoint": str(checkpoint), "step": info.step, "arch": info.arch, "dataset": name,
-        "protocol": "finetune", "augmented": True, "seed": seed,
+        "protocol": "finetune", "augmented": True, "seed": seed, "precision": precision,
         "split_sizes": {"train": len(train_set), "val": len(val_index), "test": len(test_set)},
         "top1": first["top1"], "top5": first["top5"], "learning_rate": first["learning_rate"],
         "seconds": time.perf_counter() - started, "rows": rows,

@@ -134,6 +134,7 @@ def run_evaluation(
     quiet: bool = False,
     label_fractions: Sequence[float] = LABEL_FRACTIONS,
     head_init: str = DEFAULT_HEAD_INIT,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Evaluate the online encoder of ``checkpoint`` (and ``baselines``) with ``protocol``.
 
@@ -154,6 +155,9 @@ def run_evaluation(
         label_fractions: with ``finetune``, the class-balanced fractions of the labels.
         head_init: with ``finetune``, how the encoder's head starts: ``linear-probe`` (fitted
             on the frozen features first, LP-FT) or ``random``.
+        precision: with ``finetune``, the autocast of its forward passes, as ``byol train
+            --precision`` (``auto``: bf16 where the hardware computes it natively, else fp32).
+            The frozen protocols compute their features in fp32.
 
     Returns:
         ``{"checkpoint", "step", "arch", "dataset", "protocol", "augmented", "split_sizes":
@@ -168,6 +172,7 @@ def run_evaluation(
             checkpoint, data=data, data_root=data_root, baselines=baselines,
             label_fractions=label_fractions, epochs=epochs, seed=seed, device=device,
             write_run_file=write_run_file, quiet=quiet, head_init=head_init,
+            precision=precision,
         )  # fmt: skip
     if protocol == "rankme":
         return rankme_evaluation(checkpoint, data=data, data_root=data_root, seed=seed,

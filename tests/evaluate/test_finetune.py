@@ -120,3 +120,55 @@ def test_eval_finetune_end_to_end_against_scratch(tmp_path, capsys):
     assert main([*argv[:6], "--epochs", "1", "--head-init", "random", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["rows"]
     assert [r["head_init"] for r in rows] == ["random"]
+
+
+def test_finetune_runs_in_the_precision_asked_for(monkeypatch):
+    parts = {name: _colour_data(n, seed) for name, n, seed in
+             (("train", 60, 0), ("val", 60, 1), ("test", 90, 2))}  # fmt: skip
+    images = {k: v[0] for k, v in parts.items()}
+    labels = {k: v[1] for k, v in parts.items()}
+    options = dict(mean=(0.3,) * 3, std=(0.3,) * 3, size=8, learning_rates=(0.1,), epochs=3,
+                   batch_size=16)  # fmt: skip
+    # Every forward of the bf16 run is under bf16 autocast, and none of the fp32 run is.
+    seen = []
+    encoder = _encoder()
+    encoder[0].register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    bf16 = finetune(encoder, 8, images, labels, precision="bf16", **options)
+    assert bf16["precision"] == "bf16" and set(seen) == {torch.bfloat16}
+    assert bf16["top1"] > 0.6  # chance is 1/3
+    seen.clear()
+    fp32 = finetune(encoder, 8, images, labels, **options)
+    assert fp32["precision"] == "fp32" and set(seen) == {torch.float32}
+    with pytest.raises(ConfigError, match="precision"):
+        finetune(encoder, 8, images, labels, precision="int8", **options)
+
+
+def test_eval_finetune_resolves_auto_precision_from_the_hardware(tmp_path, capsys, monkeypatch):
+    import json
+
+    import byol.evaluation_label_scarce as label_scarce
+    from byol.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", "digits", "--arch", "convnet", "--hidden-dim", "32",
+                 "--batch-size", "64", "--max-steps", "1", "--knn-every", "0",
+                 "--no-tensorboard", "--out", str(run)]) == 0  # fmt: skip
+    argv = ["eval", str(run), "--protocol", "finetune", "--label-fraction", "0.05",
+            "--epochs", "1", "--json"]  # fmt: skip
+    capsys.readouterr()
+    # A CPU with native bf16, then one without: auto follows what the hardware says.
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(
+            label_scarce,
+            "resolve_precision",
+            lambda name, device, native=native: "bf16" if native else "fp32",
+        )
+        assert main(argv) == 0
+        captured = capsys.readouterr()
+        result = json.loads(captured.out)
+        assert result["precision"] == expected
+        assert [r["precision"] for r in result["rows"]] == [expected]
+    with pytest.raises(SystemExit) as stopped:
+        main([*argv, "--precision", "fp64"])
+    assert stopped.value.code == 2
+    assert "--precision" in capsys.readouterr().err

@@ -28,6 +28,7 @@ from torch import nn
 
 from ..augment.crops import pad_crop_flip, prepare_whole_images, random_resized_crop_flip
 from ..errors import ConfigError, DataError
+from ..runtime import AUTOCAST_DTYPES
 from .checks import channel_stats, check_labels, topk_accuracy
 
 __all__ = [
@@ -82,6 +83,7 @@ def finetune(
     seed: int = 0,
     device: torch.device | str = "cpu",
     head_init: str = "random",
+    precision: str = "fp32",
 ) -> dict:
     """Fine-tune a copy of ``encoder`` + a linear head on ``images["train"]`` (the labelled
     subset), choose the rate and epochs on ``images["val"]``, score ``images["test"]`` once.
@@ -93,7 +95,9 @@ def finetune(
 
     ``images`` and ``labels`` map ``train`` / ``val`` / ``test`` to uint8 (N, C, H, W) images
     and their labels. ``crop`` is ``pad`` (pad-4 random crop, for small images) or ``resized``
-    (random resized crop). The encoder itself is left untouched. Returns ``top1``, ``top5``,
+    (random resized crop). ``precision`` (``fp32``, ``bf16`` or ``fp16``) is the autocast of
+    every forward pass (the loss and the optimiser stay fp32), as ``byol train --precision``.
+    The encoder itself is left untouched. Returns ``top1``, ``top5``,
     ``learning_rate``, ``epochs``, ``val_top1`` ({rate: [per-epoch top-1]}), ``n_train``,
     ``n_val``, ``n_test`` and ``seconds``.
     """
@@ -105,11 +109,14 @@ def finetune(
         raise ConfigError(f"crop must be 'pad' or 'resized', got {crop!r}")
     if head_init not in HEAD_INITS:
         raise ConfigError(f"head_init must be one of {', '.join(HEAD_INITS)}, got {head_init!r}")
+    if precision != "fp32" and precision not in AUTOCAST_DTYPES:
+        raise ConfigError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
     if epochs < 1 or batch_size < 2 or not learning_rates:
         raise ConfigError("fine-tuning needs epochs >= 1, batch_size >= 2 and a learning rate")
     job = FineTuneRun(encoder, feature_dim, images, labels, mean=mean, std=std, size=size,
                batch_size=batch_size, weight_decay=weight_decay, crop=crop, seed=seed,
-               device=torch.device(device), head_init=head_init)  # fmt: skip
+               device=torch.device(device), head_init=head_init,
+               precision=precision)  # fmt: skip
     curves = {lr: job.train(lr, epochs, score_each_epoch="val")[1] for lr in learning_rates}
     # The best held-out top-1 over (rate, epoch); ties go to fewer epochs, then the larger rate.
     best_lr, best_epoch = max(
@@ -123,7 +130,7 @@ def finetune(
         "epochs": best_epoch, "val_top1": {str(lr): curve for lr, curve in curves.items()},
         "n_train": len(images["train"]), "n_val": len(images["val"]),
         "n_test": len(images["test"]), "seconds": time.perf_counter() - started,
-        "head_init": head_init,
+        "head_init": head_init, "precision": precision,
     }  # fmt: skip
 
 
@@ -131,21 +138,27 @@ class FineTuneRun:
     """The data, augmentation and optimiser settings shared by every training of one call."""
 
     def __init__(self, encoder, feature_dim, images, labels, *, mean, std, size, batch_size,
-                 weight_decay, crop, seed, device, head_init="random") -> None:  # fmt: skip
+                 weight_decay, crop, seed, device, head_init="random",
+                 precision="fp32") -> None:  # fmt: skip
         self.encoder, self.feature_dim = encoder, feature_dim
         self.images, self.labels = images, {k: v.long() for k, v in labels.items()}
         self.num_classes = int(max(int(v.max()) for v in self.labels.values())) + 1
         self.mean, self.std = channel_stats(mean, std, images["train"].shape[1], device)
         self.size, self.batch_size, self.weight_decay = size, batch_size, weight_decay
         self.crop, self.seed, self.device = crop, seed, device
+        self.autocast_dtype = AUTOCAST_DTYPES.get(precision)
         self._probe_head = self._fit_probe_head() if head_init == "linear-probe" else None
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, self.autocast_dtype,
+                              enabled=self.autocast_dtype is not None)  # fmt: skip
 
     def _fit_probe_head(self) -> nn.Linear:
         """A linear head fitted on the frozen encoder's features of the labelled images (whole
         images, eval-mode BatchNorm): full-batch L-BFGS on the cross-entropy, a little L2."""
         encoder = copy.deepcopy(self.encoder).to(self.device).eval()
         x, y = self.images["train"], self.labels["train"].to(self.device)
-        with torch.no_grad():
+        with torch.no_grad(), self._autocast():
             features = torch.cat([encoder(self._whole(x[i : i + 512])).flatten(1).float()
                                   for i in range(0, len(x), 512)])  # fmt: skip
         with torch.random.fork_rng(devices=[]):
@@ -204,8 +217,9 @@ class FineTuneRun:
                     index = order[:2]
                 for group in optimizer.param_groups:  # cosine to 0 over the run, per step
                     group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
-                logits = model(self._augment(train_x[index], generator))
-                loss = F.cross_entropy(logits, train_y[index].to(self.device))
+                with self._autocast():
+                    logits = model(self._augment(train_x[index], generator))
+                loss = F.cross_entropy(logits.float(), train_y[index].to(self.device))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -218,7 +232,8 @@ class FineTuneRun:
     def scores(self, model: nn.Module, part: str) -> dict:
         model.eval()
         x, y = self.images[part], self.labels[part]
-        logits = torch.cat([model(self._whole(x[i : i + 512])).float().cpu()
-                            for i in range(0, len(x), 512)])  # fmt: skip
+        with self._autocast():
+            logits = torch.cat([model(self._whole(x[i : i + 512])).float().cpu()
+                                for i in range(0, len(x), 512)])  # fmt: skip
         top5 = topk_accuracy(logits, y, 5) if self.num_classes >= 5 else None
         return {"top1": topk_accuracy(logits, y, 1), "top5": top5}
