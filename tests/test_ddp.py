@@ -110,6 +110,8 @@ def trainer_config(data: Path, out: Path):
         "trust_coefficient": 0.02, "target_decay": 0.9, "max_steps": 4,
         "checkpoint_every": 2, "log_every": 1, "knn_every": 0, "tensorboard": False,
         "num_workers": 0, "device": "cpu", "out": str(out),
+        # fp32 on every CPU: the comparison is to 1e-5, which bf16 (auto on AMX) cannot hold.
+        "precision": "fp32",
     })  # fmt: skip
 
 

@@ -76,4 +76,6 @@ def test_fixed_seed_run_gives_the_recorded_weights(tmp_path):
     else:
         # Other kernels: the same computation up to floating-point reassociation.
         for key, value in golden["sums"].items():
-            assert here["sums"][key] == pytest.approx(value, rel=1e-3, abs=1e-3), key
+            # Measured: 1.3e-3 relative on an Intel Xeon with AVX-512/AMX against the AMD
+            # EPYC (AVX2) recording (2026-12-02, online_encoder.6.weight).
+            assert here["sums"][key] == pytest.approx(value, rel=3e-3, abs=1e-3), key

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from byol import ConfigError
-from byol.runtime import precision_warning, resolve_device, resolve_precision
+from byol.runtime import native_precision, precision_warning, resolve_device, resolve_precision
 
 
 def test_auto_and_named_devices():
@@ -24,8 +24,11 @@ def test_cuda_without_cuda_names_the_flag():
 
 def test_precision():
     cpu = torch.device("cpu")
-    assert resolve_precision("auto", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
-    assert "emulation" in precision_warning("bf16", cpu)
+    native = native_precision("bf16", cpu)
+    assert resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
+    assert resolve_precision("bf16", cpu) == "bf16"
+    # Emulated bf16 warns; native bf16 (AMX-BF16 / AVX512-BF16) does not.
+    assert (precision_warning("bf16", cpu) is None) == native
     assert precision_warning("fp32", cpu) is None
 
 

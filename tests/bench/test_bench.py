@@ -23,7 +23,7 @@ from byol.model import BYOL
 from byol.optim import LARS, param_groups
 
 TINY = ["--arch", "convnet", "--image-size", "16", "--batch-size", "8", "--hidden-dim", "32",
-        "--projection-dim", "16"]  # fmt: skip
+        "--projection-dim", "16", "--precision", "fp32"]  # fmt: skip
 
 
 @pytest.fixture
@@ -35,7 +35,8 @@ def small_ceiling(monkeypatch):
 
 def tiny_config(**changes) -> BenchConfig:
     values = dict(arch="convnet", image_size=16, batch_size=8, hidden_dim=32, projection_dim=16,
-                  steps=2, warmup=1, windows=2, device="cpu", ceiling=False)  # fmt: skip
+                  steps=2, warmup=1, windows=2, device="cpu", ceiling=False,
+                  precision="fp32")  # fmt: skip
     values.update(changes)
     return BenchConfig(**values)
 
@@ -155,6 +156,18 @@ def test_instrumented_pass_runs_the_same_computation():
     for a, b in zip(plain.model.state_dict().values(), marked.model.state_dict().values()):
         assert torch.equal(a, b)
     assert plain.step == marked.step == 2
+
+
+def test_bf16_bench_measures_the_ceiling_too(small_ceiling, capsys):
+    # The step-convolution ceiling records the encoder's shapes with one forward; with bf16
+    # views that forward once failed on the fp32 weights (found on an AMX CPU, where auto is
+    # bf16).
+    argv = ["bench", *TINY, "--precision", "bf16", "--steps", "1", "--warmup", "1",
+            "--windows", "1", "--no-stages", "--no-flops", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["config"]["precision"] == "bf16"
+    assert "bf16" in result["matmul_gflops"]
 
 
 def test_loop_baselines_compute_what_the_fused_versions_compute():

@@ -184,7 +184,7 @@ def step_conv_rate(
              if isinstance(m, torch.nn.Conv2d)]  # fmt: skip
     try:
         with torch.no_grad():
-            copy.deepcopy(encoder).eval()(images)
+            copy.deepcopy(encoder).eval()(images.float())  # shapes only: any dtype will do
     finally:
         for hook in hooks:
             hook.remove()
