@@ -101,18 +101,25 @@ def train_supervised(
             images = pad_crop_flip(
                 train_images[index].float(), padding, generator, padding_mode="replicate"
             )
-            with torch.autocast(device.type, autocast_dtype, enabled=autocast_dtype is not None):
-                logits = model(prepare(images))
-            loss = F.cross_entropy(logits.float(), train_labels[index].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            _supervised_step(model, optimizer, prepare(images), train_labels[index].to(device),
+                             autocast_dtype)  # fmt: skip
             steps += 1
             epochs += batch_size / n
     used = time.perf_counter() - start
     return {**_test_scores(model, prepare, test_images, test_labels, num_classes),
             "epochs": epochs, "steps": steps, "seconds": used,
             "precision": precision}  # fmt: skip
+
+
+def _supervised_step(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
+                     labels: torch.Tensor, autocast_dtype: torch.dtype | None) -> None:  # fmt: skip
+    """One SGD step on the cross-entropy; the forward under autocast when a dtype is given."""
+    with torch.autocast(inputs.device.type, autocast_dtype, enabled=autocast_dtype is not None):
+        logits = model(inputs)
+    loss = F.cross_entropy(logits.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
 
 
 @torch.no_grad()
