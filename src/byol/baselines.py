@@ -15,7 +15,7 @@ from torch import nn
 from .augment.crops import pad_crop_flip
 from .evaluate import topk_accuracy
 from .evaluate.checks import channel_stats
-from .runtime import AUTOCAST_DTYPES, resolve_precision
+from .runtime import autocast, resolve_precision
 
 __all__ = ["random_init_encoder", "train_supervised"]
 
@@ -72,7 +72,6 @@ def train_supervised(
     """
     device = torch.device(device)
     precision = resolve_precision(precision, device)
-    autocast_dtype = AUTOCAST_DTYPES.get(precision)
     num_classes = int(train_labels.max()) + 1
     model = nn.Sequential(encoder, nn.Flatten(1), nn.Linear(feature_dim, num_classes)).to(device)
     optimizer = torch.optim.SGD(
@@ -102,7 +101,7 @@ def train_supervised(
                 train_images[index].float(), padding, generator, padding_mode="replicate"
             )
             _supervised_step(model, optimizer, prepare(images), train_labels[index].to(device),
-                             autocast_dtype)  # fmt: skip
+                             precision)  # fmt: skip
             steps += 1
             epochs += batch_size / n
     used = time.perf_counter() - start
@@ -112,9 +111,9 @@ def train_supervised(
 
 
 def _supervised_step(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
-                     labels: torch.Tensor, autocast_dtype: torch.dtype | None) -> None:  # fmt: skip
-    """One SGD step on the cross-entropy; the forward under autocast when a dtype is given."""
-    with torch.autocast(inputs.device.type, autocast_dtype, enabled=autocast_dtype is not None):
+                     labels: torch.Tensor, precision: str) -> None:  # fmt: skip
+    """One SGD step on the cross-entropy, the forward under ``precision``'s autocast."""
+    with autocast(precision, inputs.device):
         logits = model(inputs)
     loss = F.cross_entropy(logits.float(), labels)
     optimizer.zero_grad(set_to_none=True)

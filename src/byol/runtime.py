@@ -22,6 +22,7 @@ from .errors import ConfigError
 __all__ = [
     "AUTOCAST_DTYPES",
     "NATIVE_CPU_FLAGS",
+    "autocast",
     "cpu_flags",
     "describe_precision",
     "keep_freed_memory",
@@ -34,6 +35,12 @@ __all__ = [
 
 #: The autocast dtype of each reduced precision (fp32 runs without autocast).
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(precision: str, device: torch.device) -> torch.autocast:
+    """The autocast context of a resolved ``precision`` (``fp32``: autocast disabled)."""
+    dtype = AUTOCAST_DTYPES.get(precision)
+    return torch.autocast(device.type, dtype or torch.float32, enabled=dtype is not None)
 
 
 def resolve_device(

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..augment.crops import pad_crop_flip, prepare_whole_images, random_resized_crop_flip
 from ..errors import ConfigError, DataError
-from ..runtime import AUTOCAST_DTYPES
+from ..runtime import AUTOCAST_DTYPES, autocast, resolve_precision
 from .checks import channel_stats, check_labels, topk_accuracy
 
 __all__ = [
@@ -95,8 +95,9 @@ def finetune(
 
     ``images`` and ``labels`` map ``train`` / ``val`` / ``test`` to uint8 (N, C, H, W) images
     and their labels. ``crop`` is ``pad`` (pad-4 random crop, for small images) or ``resized``
-    (random resized crop). ``precision`` (``fp32``, ``bf16`` or ``fp16``) is the autocast of
-    every forward pass (the loss and the optimiser stay fp32), as ``byol train --precision``.
+    (random resized crop). ``precision`` (``fp32``, ``bf16``, ``fp16`` or ``auto``) is the
+    autocast of every forward pass (the loss and the optimiser stay fp32), as ``byol train
+    --precision``.
     The encoder itself is left untouched. Returns ``top1``, ``top5``,
     ``learning_rate``, ``epochs``, ``val_top1`` ({rate: [per-epoch top-1]}), ``n_train``,
     ``n_val``, ``n_test`` and ``seconds``.
@@ -109,6 +110,7 @@ def finetune(
         raise ConfigError(f"crop must be 'pad' or 'resized', got {crop!r}")
     if head_init not in HEAD_INITS:
         raise ConfigError(f"head_init must be one of {', '.join(HEAD_INITS)}, got {head_init!r}")
+    precision = resolve_precision(precision, torch.device(device))
     if precision != "fp32" and precision not in AUTOCAST_DTYPES:
         raise ConfigError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
     if epochs < 1 or batch_size < 2 or not learning_rates:
@@ -146,12 +148,11 @@ class FineTuneRun:
         self.mean, self.std = channel_stats(mean, std, images["train"].shape[1], device)
         self.size, self.batch_size, self.weight_decay = size, batch_size, weight_decay
         self.crop, self.seed, self.device = crop, seed, device
-        self.autocast_dtype = AUTOCAST_DTYPES.get(precision)
+        self.precision = precision
         self._probe_head = self._fit_probe_head() if head_init == "linear-probe" else None
 
     def _autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, self.autocast_dtype,
-                              enabled=self.autocast_dtype is not None)  # fmt: skip
+        return autocast(self.precision, self.device)
 
     def _fit_probe_head(self) -> nn.Linear:
         """A linear head fitted on the frozen encoder's features of the labelled images (whole
