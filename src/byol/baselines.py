@@ -6,7 +6,7 @@ upper reference, the same encoder trained *with* labels for a given wall-clock b
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -82,8 +82,24 @@ def train_supervised(
     def prepare(images: torch.Tensor) -> torch.Tensor:
         return ((images.float() / 255.0 - mean_t) / std_t).to(device)
 
-    generator = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
+    steps, epochs = _train_until(model, optimizer, train_images, train_labels, prepare,
+                                 start=start, seconds=seconds, lr=lr, batch_size=batch_size,
+                                 padding=padding, seed=seed, precision=precision)  # fmt: skip
+    used = time.perf_counter() - start
+    return {**_test_scores(model, prepare, test_images, test_labels, num_classes),
+            "epochs": epochs, "steps": steps, "seconds": used,
+            "precision": precision}  # fmt: skip
+
+
+def _train_until(model: nn.Module, optimizer: torch.optim.Optimizer, train_images: torch.Tensor,
+                 train_labels: torch.Tensor, prepare: Callable[[torch.Tensor], torch.Tensor], *,
+                 start: float, seconds: float, lr: float, batch_size: int, padding: int,
+                 seed: int, precision: str) -> tuple[int, float]:  # fmt: skip
+    """SGD steps until ``seconds`` after ``start``, the rate decaying linearly with the elapsed
+    fraction; returns the steps and epochs done."""
+    generator = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
     steps = 0
     epochs = 0.0
     n = len(train_images)
@@ -104,10 +120,7 @@ def train_supervised(
                              precision)  # fmt: skip
             steps += 1
             epochs += batch_size / n
-    used = time.perf_counter() - start
-    return {**_test_scores(model, prepare, test_images, test_labels, num_classes),
-            "epochs": epochs, "steps": steps, "seconds": used,
-            "precision": precision}  # fmt: skip
+    return steps, epochs
 
 
 def _supervised_step(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,

@@ -9,7 +9,7 @@ from torch import nn
 
 from byol import ConfigError
 from byol.evaluate import finetune as finetune_module
-from byol.evaluate.finetune import class_balanced_subset, finetune
+from byol.evaluate.finetune import best_rate_and_epochs, class_balanced_subset, finetune
 
 
 def test_class_balanced_subsets_are_balanced_deterministic_and_disjoint():
@@ -172,3 +172,11 @@ def test_eval_finetune_resolves_auto_precision_from_the_hardware(tmp_path, capsy
         main([*argv, "--precision", "fp64"])
     assert stopped.value.code == 2
     assert "--precision" in capsys.readouterr().err
+
+
+def test_the_choice_is_the_best_held_out_score_and_ties_go_to_fewer_epochs_then_the_larger_rate():
+    assert best_rate_and_epochs({0.1: [0.5, 0.7, 0.6], 0.3: [0.4, 0.6, 0.65]}) == (0.1, 2)
+    # 0.7 is reached at epoch 2 by 0.1 and at epoch 1 by 0.03: fewer epochs win.
+    assert best_rate_and_epochs({0.1: [0.5, 0.7], 0.03: [0.7, 0.6]}) == (0.03, 1)
+    # The same score at the same epoch: the larger rate.
+    assert best_rate_and_epochs({0.1: [0.7, 0.6], 0.03: [0.7, 0.6]}) == (0.1, 1)

@@ -103,28 +103,17 @@ def finetune(
     ``n_val``, ``n_test`` and ``seconds``.
     """
     started = time.perf_counter()
-    for part in ("train", "val", "test"):
-        if part not in images or len(images[part]) == 0:
-            raise DataError(f"fine-tuning needs {part} images")
-    if crop not in ("pad", "resized"):
-        raise ConfigError(f"crop must be 'pad' or 'resized', got {crop!r}")
-    if head_init not in HEAD_INITS:
-        raise ConfigError(f"head_init must be one of {', '.join(HEAD_INITS)}, got {head_init!r}")
+    _check_settings(images, crop=crop, head_init=head_init, epochs=epochs,
+                    batch_size=batch_size, learning_rates=learning_rates)  # fmt: skip
     precision = resolve_precision(precision, torch.device(device))
     if precision != "fp32" and precision not in AUTOCAST_DTYPES:
         raise ConfigError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
-    if epochs < 1 or batch_size < 2 or not learning_rates:
-        raise ConfigError("fine-tuning needs epochs >= 1, batch_size >= 2 and a learning rate")
     job = FineTuneRun(encoder, feature_dim, images, labels, mean=mean, std=std, size=size,
                batch_size=batch_size, weight_decay=weight_decay, crop=crop, seed=seed,
                device=torch.device(device), head_init=head_init,
                precision=precision)  # fmt: skip
     curves = {lr: job.train(lr, epochs, score_each_epoch="val")[1] for lr in learning_rates}
-    # The best held-out top-1 over (rate, epoch); ties go to fewer epochs, then the larger rate.
-    best_lr, best_epoch = max(
-        ((lr, epoch) for lr, curve in curves.items() for epoch in range(1, epochs + 1)),
-        key=lambda pair: (curves[pair[0]][pair[1] - 1], -pair[1], pair[0]),
-    )
+    best_lr, best_epoch = best_rate_and_epochs(curves)
     model, _ = job.train(best_lr, best_epoch)
     test = job.scores(model, "test")
     return {
@@ -134,6 +123,29 @@ def finetune(
         "n_test": len(images["test"]), "seconds": time.perf_counter() - started,
         "head_init": head_init, "precision": precision,
     }  # fmt: skip
+
+
+def _check_settings(images: dict[str, torch.Tensor], *, crop: str, head_init: str, epochs: int,
+                    batch_size: int, learning_rates: Sequence[float]) -> None:  # fmt: skip
+    """Raise a clear error for a fine-tuning setting that cannot work."""
+    for part in ("train", "val", "test"):
+        if part not in images or len(images[part]) == 0:
+            raise DataError(f"fine-tuning needs {part} images")
+    if crop not in ("pad", "resized"):
+        raise ConfigError(f"crop must be 'pad' or 'resized', got {crop!r}")
+    if head_init not in HEAD_INITS:
+        raise ConfigError(f"head_init must be one of {', '.join(HEAD_INITS)}, got {head_init!r}")
+    if epochs < 1 or batch_size < 2 or not learning_rates:
+        raise ConfigError("fine-tuning needs epochs >= 1, batch_size >= 2 and a learning rate")
+
+
+def best_rate_and_epochs(curves: dict[float, list[float]]) -> tuple[float, int]:
+    """The (rate, epochs) of the best held-out top-1 in ``curves`` ({rate: per-epoch top-1});
+    ties go to fewer epochs, then to the larger rate."""
+    return max(
+        ((lr, epoch) for lr, curve in curves.items() for epoch in range(1, len(curve) + 1)),
+        key=lambda pair: (curves[pair[0]][pair[1] - 1], -pair[1], pair[0]),
+    )
 
 
 class FineTuneRun:
