@@ -85,3 +85,25 @@ def test_tuning_run_scores_on_the_holdout_and_tabulates(fashion_mnist_script, tm
     assert "| tiny | `data` digits, `arch` convnet" in table
     assert "| lr8 | `base_lr` 8.0 | 0 | 0.05 |" in table
     assert f"{100 * row['linear_top1']:.2f}% |" in table
+
+
+def test_eval_size_scores_a_tuning_run_on_its_holdout_at_each_size(fashion_mnist_script, tmp_path):
+    load = importlib.util.spec_from_file_location
+    tune_spec = load("tune_preset", BENCHMARKS / "tune_preset.py")
+    tune = importlib.util.module_from_spec(tune_spec)
+    tune_spec.loader.exec_module(tune)
+    size_spec = load("eval_size", BENCHMARKS / "eval_size.py")
+    eval_size = importlib.util.module_from_spec(size_spec)
+    size_spec.loader.exec_module(eval_size)
+    overrides = {"data": "digits", "arch": "convnet", "hidden_dim": 32, "batch_size": 64,
+                 "image_size": 8, "eval_image_size": 8}  # fmt: skip
+    tuned = tune.tuning_run("tiny", overrides, preset="fashion-mnist", minutes=0.05, seed=0,
+                            holdout=300, out=tmp_path)  # fmt: skip
+    rows = eval_size.score_sizes(tmp_path / "tiny", [8, 12])
+    assert [r["eval_size"] for r in rows] == [8, 12]
+    # Scored on the 300 held-out training images, never on the test split.
+    n_train = len(load_dataset("digits", split="train"))
+    assert all(r["n_scored"] == 300 and r["n_pretrain"] == n_train - 300 for r in rows)
+    # At the run's own evaluation size the scores are the tuning run's.
+    assert rows[0]["linear_top1"] == tuned["linear_top1"]
+    assert rows[0]["knn_top1"] == tuned["knn_top1"]
