@@ -21,16 +21,19 @@ from byol.handover import load_encoder
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
+def load_script(name: str):
+    """``benchmarks/<name>.py`` as a module (benchmarks/ must be on sys.path for its imports)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="module")
 def fashion_mnist_script():
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        spec = importlib.util.spec_from_file_location(
-            "fashion_mnist", BENCHMARKS / "fashion_mnist.py"
-        )
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
+        yield load_script("fashion_mnist")
     finally:
         sys.path.remove(str(BENCHMARKS))
 
@@ -70,9 +73,7 @@ def test_fashion_mnist_benchmark_pretrains_reuses_and_tabulates(fashion_mnist_sc
 
 def test_tuning_run_scores_on_the_holdout_and_tabulates(fashion_mnist_script, tmp_path):
     # fashion_mnist_script puts benchmarks/ on sys.path, which tune_preset imports from.
-    spec = importlib.util.spec_from_file_location("tune_preset", BENCHMARKS / "tune_preset.py")
-    tune = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tune)
+    tune = load_script("tune_preset")
     overrides = {"data": "digits", "arch": "convnet", "hidden_dim": 32, "batch_size": 64,
                  "image_size": 8, "eval_image_size": 8}  # fmt: skip
     row = tune.tuning_run("tiny", overrides, preset="fashion-mnist", minutes=0.05, seed=0,
@@ -88,13 +89,7 @@ def test_tuning_run_scores_on_the_holdout_and_tabulates(fashion_mnist_script, tm
 
 
 def test_eval_size_scores_a_tuning_run_on_its_holdout_at_each_size(fashion_mnist_script, tmp_path):
-    load = importlib.util.spec_from_file_location
-    tune_spec = load("tune_preset", BENCHMARKS / "tune_preset.py")
-    tune = importlib.util.module_from_spec(tune_spec)
-    tune_spec.loader.exec_module(tune)
-    size_spec = load("eval_size", BENCHMARKS / "eval_size.py")
-    eval_size = importlib.util.module_from_spec(size_spec)
-    size_spec.loader.exec_module(eval_size)
+    tune, eval_size = load_script("tune_preset"), load_script("eval_size")
     overrides = {"data": "digits", "arch": "convnet", "hidden_dim": 32, "batch_size": 64,
                  "image_size": 8, "eval_image_size": 8}  # fmt: skip
     tuned = tune.tuning_run("tiny", overrides, preset="fashion-mnist", minutes=0.05, seed=0,
