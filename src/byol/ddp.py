@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import inspect
 import math
 import os
@@ -107,6 +108,10 @@ _destroy_registered = False
 
 
 def _destroy_process_group() -> None:
+    # At interpreter exit. A DDP wrapper left in a reference cycle still holds the group and
+    # its backend's worker threads; collecting it first frees them while the interpreter is
+    # whole, rather than during finalisation, where a gloo rank can abort.
+    gc.collect()
     with contextlib.suppress(Exception):
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -209,6 +209,9 @@ class RunLoop:
                 "checkpoint": str(result.checkpoint) if result.checkpoint else None,
                 "seconds": time.perf_counter() - self._run_start,
             })  # fmt: skip
+        # Ranks leave together: one that exits (and tears down its process group) while rank 0
+        # still writes has been seen to abort at exit under gloo (SIGABRT in CI).
+        self.dist.barrier()
         return result
 
     def _replan(self, done: int, start_step: int) -> None:
