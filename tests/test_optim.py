@@ -69,6 +69,31 @@ def test_param_groups_of_byol_hold_only_online_parameters():
     assert len(grouped) == len(list(model.online_parameters()))
 
 
+def test_predictor_lr_scale_gives_the_predictor_its_own_groups():
+    encoder = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+    )
+    model = BYOL(encoder, hidden_dim=8, projection_dim=4)
+    plain = param_groups(model, 1e-6)
+    assert [g["lr_scale"] for g in plain] == [1.0, 1.0]
+    groups = param_groups(model, 1e-6, predictor_lr_scale=10.0)
+    predictor = {id(p) for p in model.predictor.parameters()}
+    # The scheduled rate stays in group 0; the predictor's weights and its exclusions follow.
+    assert [(g["lars"], g["lr_scale"]) for g in groups] == [
+        (True, 1.0),
+        (False, 1.0),
+        (True, 10.0),
+        (False, 10.0),
+    ]
+    for group in groups:
+        ids = {id(p) for p in group["params"]}
+        assert (ids <= predictor) == (group["lr_scale"] == 10.0)
+        assert ids <= predictor or not ids & predictor
+    grouped = [p for g in groups for p in g["params"]]
+    assert {id(p) for p in grouped} == {id(p) for p in model.online_parameters()}
+    assert len(grouped) == len(list(model.online_parameters()))
+
+
 @pytest.mark.parametrize("weight_decay", [0.0, 1e-2])
 def test_lars_matches_float64_reference(weight_decay):
     torch.manual_seed(0)

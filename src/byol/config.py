@@ -178,6 +178,14 @@ class TrainConfig:
     weight_decay: float = key(
         1.5e-6, "weight decay (LARS-adapted, not on biases and norms)", "optim", low=0.0, high=1e4
     )
+    predictor_lr_scale: float = key(
+        1.0,
+        "the predictor's learning rate as a multiple of the rest of the network's (1: the "
+        "paper; SimSiam and DirectPred train the predictor faster, e.g. 10)",
+        "optim",
+        low=1e-6,
+        high=1e3,
+    )
     warmup_epochs: float = key(10.0, "linear learning-rate warm-up, in epochs", "optim", low=0.0)
     momentum: float = key(0.9, "LARS momentum", "optim", low=0.0, high=0.999999)
     trust_coefficient: float = key(1e-3, "LARS trust coefficient", "optim", low=1e-12)

@@ -112,32 +112,50 @@ def is_excluded_from_lars(name: str, parameter: torch.Tensor, module: nn.Module)
 
 
 def param_groups(
-    model: nn.Module, weight_decay: float, *, parameters: Iterable[torch.Tensor] | None = None
+    model: nn.Module,
+    weight_decay: float,
+    *,
+    parameters: Iterable[torch.Tensor] | None = None,
+    predictor_lr_scale: float = 1.0,
 ) -> list[dict[str, Any]]:
     """Two groups: regular weights (weight decay + trust ratio), exclusions (neither).
 
     ``model`` may be a :class:`byol.BYOL`, whose ``online_parameters()`` are then used (the
     target is never handed to an optimizer); for any other module, its trainable parameters.
     ``parameters`` restricts the groups to that subset.
+
+    Every group carries ``lr_scale``, the multiple of the scheduled learning rate it trains
+    at (the trainer sets ``group["lr"] = lr * group["lr_scale"]``). With ``predictor_lr_scale``
+    other than 1 the ``model.predictor``'s parameters get two groups of their own at that
+    scale, after the others', so ``param_groups[0]`` still holds the scheduled rate.
+
+    Example::
+
+        groups = param_groups(byol_model, 1.5e-6, predictor_lr_scale=10.0)
+        optimizer = LARS(groups, lr=0.0)
     """
     if parameters is None:
         online = getattr(model, "online_parameters", None)
         parameters = online() if callable(online) else model.parameters()
     wanted = {id(p) for p in parameters if p.requires_grad}
-    regular: list[torch.Tensor] = []
-    excluded: list[torch.Tensor] = []
+    predictor = getattr(model, "predictor", None)
+    faster = set()
+    if predictor_lr_scale != 1.0 and isinstance(predictor, nn.Module):
+        faster = {id(p) for p in predictor.parameters()}
+    # (lars, scaled) -> parameters, in the order the groups are listed.
+    buckets: dict[tuple[bool, bool], list[torch.Tensor]] = {
+        (True, False): [], (False, False): [], (True, True): [], (False, True): [],
+    }  # fmt: skip
     seen: set[int] = set()
     for module in model.modules():
         for name, parameter in module.named_parameters(recurse=False):
             if id(parameter) not in wanted or id(parameter) in seen:
                 continue
             seen.add(id(parameter))
-            if is_excluded_from_lars(name, parameter, module):
-                excluded.append(parameter)
-            else:
-                regular.append(parameter)
-    groups = [
-        {"params": regular, "weight_decay": weight_decay, "lars": True},
-        {"params": excluded, "weight_decay": 0.0, "lars": False},
-    ]
-    return [group for group in groups if group["params"]]
+            lars = not is_excluded_from_lars(name, parameter, module)
+            buckets[(lars, id(parameter) in faster)].append(parameter)
+    return [
+        {"params": params, "weight_decay": weight_decay if lars else 0.0, "lars": lars,
+         "lr_scale": predictor_lr_scale if scaled else 1.0}
+        for (lars, scaled), params in buckets.items() if params
+    ]  # fmt: skip

@@ -168,6 +168,19 @@ def test_views_smaller_than_the_evaluation_size(tmp_path):
     assert encoder(torch.zeros(3, 1, 12, 12)).shape == (3, info.feature_dim)
 
 
+def test_predictor_lr_scale_reaches_the_optimizer(tmp_path):
+    from byol.train import Trainer
+
+    config = resolve({**TINY, "out": str(tmp_path / "fast-predictor"), "max_steps": 2,
+                      "predictor_lr_scale": 10.0})  # fmt: skip
+    trainer = Trainer(config, show_progress=False)
+    trainer.fit()
+    rates = {group["lr_scale"]: group["lr"] for group in trainer.optimizer.param_groups}
+    assert set(rates) == {1.0, 10.0} and rates[1.0] > 0
+    assert rates[10.0] == pytest.approx(10 * rates[1.0])
+    assert trainer.optimizer.param_groups[0]["lr"] == rates[1.0]  # what metrics.jsonl logs
+
+
 def test_eval_image_size_defaults_to_the_view_size(tmp_path):
     run(tmp_path, "same", image_size=6, max_steps=1)
     data = load_checkpoint(tmp_path / "same" / "checkpoints" / "last.pt")["plan"]

@@ -127,8 +127,9 @@ class Trainer(RunLoop):
         self.crop_sampler = (CropSampler.from_views(plan.views(), config.seed)
                              if plan.full_resolution else None)  # fmt: skip
         self.optimizer = LARS(
-            param_groups(self.model, config.weight_decay), lr=0.0, momentum=config.momentum,
-            trust_coefficient=config.trust_coefficient,
+            param_groups(self.model, config.weight_decay,
+                         predictor_lr_scale=config.predictor_lr_scale),
+            lr=0.0, momentum=config.momentum, trust_coefficient=config.trust_coefficient,
         )  # fmt: skip
         self.forward = self.dist.wrap(self.model) if self.dist.enabled else self.model
         if config.compile:
@@ -184,7 +185,7 @@ class Trainer(RunLoop):
         config, plan = self.config, self.plan
         lr = warmup_cosine_lr(step, self.total_steps, plan.peak_lr, plan.warmup_steps)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         images = images.to(self.device, non_blocking=True)
         micro_batches = images.chunk(config.accumulate)
         total_loss = torch.zeros((), device=self.device)
