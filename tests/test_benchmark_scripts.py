@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from byol.data import load_dataset
 from byol.handover import load_encoder
@@ -102,3 +103,25 @@ def test_eval_size_scores_a_tuning_run_on_its_holdout_at_each_size(fashion_mnist
     # At the run's own evaluation size the scores are the tuning run's.
     assert rows[0]["linear_top1"] == tuned["linear_top1"]
     assert rows[0]["knn_top1"] == tuned["knn_top1"]
+
+
+def test_probe_grid_scores_online_and_target_encoders_on_the_holdout(fashion_mnist_script,
+                                                                     tmp_path):  # fmt: skip
+    tune, probe_grid = load_script("tune_preset"), load_script("probe_grid")
+    overrides = {"data": "digits", "arch": "convnet", "hidden_dim": 32, "batch_size": 64,
+                 "image_size": 8, "eval_image_size": 8}  # fmt: skip
+    tuned = tune.tuning_run("tiny", overrides, preset="fashion-mnist", minutes=0.05, seed=0,
+                            holdout=300, out=tmp_path)  # fmt: skip
+    rows = probe_grid.probe_grid(tmp_path / "tiny", (0.1, 0.05, 0.01), ["online", "target"])
+    assert [r["encoder"] for r in rows] == ["online", "target"]
+    # The online encoder with the paper's grid is the tuning run's own score.
+    assert rows[0]["paper"]["top1"] == tuned["linear_top1"]
+    for row in rows:
+        assert row["grid"]["learning_rate"] in (0.1, 0.05, 0.01)
+        assert set(row["by_rate"]) == {"0.1", "0.05", "0.01"}
+        assert all(0 < top1 <= 1 for top1 in row["by_rate"].values())
+    state = probe_grid.read_state(tmp_path / "tiny" / "checkpoints" / "last.pt")
+    online = probe_grid.encoder_weights(state.model, "online")
+    target = probe_grid.encoder_weights(state.model, "target")
+    assert online.keys() == target.keys() and online
+    assert any(not torch.equal(online[k], target[k]) for k in online)
