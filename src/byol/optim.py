@@ -118,7 +118,8 @@ def param_groups(
     parameters: Iterable[torch.Tensor] | None = None,
     predictor_lr_scale: float = 1.0,
 ) -> list[dict[str, Any]]:
-    """Two groups: regular weights (weight decay + trust ratio), exclusions (neither).
+    """Regular weights (weight decay + trust ratio) and exclusions (neither): two groups, or
+    four with a ``predictor_lr_scale`` other than 1.
 
     ``model`` may be a :class:`byol.BYOL`, whose ``online_parameters()`` are then used (the
     target is never handed to an optimizer); for any other module, its trainable parameters.
@@ -139,7 +140,7 @@ def param_groups(
         parameters = online() if callable(online) else model.parameters()
     wanted = {id(p) for p in parameters if p.requires_grad}
     predictor = getattr(model, "predictor", None)
-    faster = set()
+    faster: set[int] = set()
     if predictor_lr_scale != 1.0 and isinstance(predictor, nn.Module):
         faster = {id(p) for p in predictor.parameters()}
     # (lars, scaled) -> parameters, in the order the groups are listed.
