@@ -37,12 +37,6 @@ from byol.train.monitor import load_training_data
 EXTENDED_RATES = (0.4, 0.3, 0.2, 0.1, 0.05, 0.03, 0.02, 0.01)
 
 
-def encoder_weights(model: dict[str, torch.Tensor], which: str) -> dict[str, torch.Tensor]:
-    """The ``online`` or ``target`` encoder's weights of a checkpoint's model state."""
-    prefix = f"{which}_encoder."
-    return {key[len(prefix) :]: value for key, value in model.items() if key.startswith(prefix)}
-
-
 def probe_grid(run_dir: Path, rates: tuple[float, ...], encoders: list[str]) -> list[dict]:
     """One row per encoder: the paper-grid, extended-grid and per-rate holdout top-1."""
     config = load_config(run_dir / "config.yaml")
@@ -56,7 +50,7 @@ def probe_grid(run_dir: Path, rates: tuple[float, ...], encoders: list[str]) -> 
     encoder, info = encoder_from_state(state, checkpoint)
     rows = []
     for which in encoders:
-        encoder.load_state_dict(encoder_weights(state.model, which), strict=True)
+        encoder.load_state_dict(state.encoder_state(which), strict=True)
         encoder.eval()
 
         def features(images: torch.Tensor) -> torch.Tensor:

@@ -121,7 +121,6 @@ def test_probe_grid_scores_online_and_target_encoders_on_the_holdout(fashion_mni
         assert set(row["by_rate"]) == {"0.1", "0.05", "0.01"}
         assert all(0 < top1 <= 1 for top1 in row["by_rate"].values())
     state = probe_grid.read_state(tmp_path / "tiny" / "checkpoints" / "last.pt")
-    online = probe_grid.encoder_weights(state.model, "online")
-    target = probe_grid.encoder_weights(state.model, "target")
+    online, target = state.encoder_state("online"), state.encoder_state("target")
     assert online.keys() == target.keys() and online
     assert any(not torch.equal(online[k], target[k]) for k in online)

@@ -56,10 +56,13 @@ class TrainState:
         spe = self.plan.steps_per_epoch
         return None if not spe else self.step // spe
 
-    def encoder_state(self) -> dict[str, torch.Tensor]:
-        """The online encoder's weights, with the ``online_encoder.`` prefix removed."""
-        return {key[len(ENCODER_PREFIX) :]: value for key, value in self.model.items()
-                if key.startswith(ENCODER_PREFIX)}  # fmt: skip
+    def encoder_state(self, which: str = "online") -> dict[str, torch.Tensor]:
+        """The ``online`` (default) or ``target`` encoder's weights, prefix removed."""
+        if which not in ("online", "target"):
+            raise ValueError(f"which must be 'online' or 'target', got {which!r}")
+        prefix = ENCODER_PREFIX if which == "online" else "target_encoder."
+        return {key[len(prefix) :]: value for key, value in self.model.items()
+                if key.startswith(prefix)}  # fmt: skip
 
     def to_payload(self) -> dict[str, Any]:
         """The plain dict of tensors and containers that :func:`save_checkpoint` writes."""
