@@ -34,14 +34,20 @@ from byol.handover import load_encoder
 from byol.train.monitor import load_training_data
 
 
-def mirror_probes(run_dir: Path, checkpoint: str = "last.pt") -> dict:
-    """The three probes' holdout top-1 (and chosen learning rates) for one run."""
+def holdout_split(run_dir: Path):
+    """A tuning run's config, pre-training images and held-out images; refuses a run without
+    a holdout, so that no script built on it ever scores on the test split."""
     config = load_config(run_dir / "config.yaml")
     if not config.holdout:
         raise SystemExit(f"{run_dir / 'config.yaml'} has no holdout; this script never scores "
                          "on the test split")  # fmt: skip
     data, monitor = load_training_data(config)
-    held_out = monitor.queries
+    return config, data, monitor.queries
+
+
+def mirror_probes(run_dir: Path, checkpoint: str = "last.pt") -> dict:
+    """The three probes' holdout top-1 (and chosen learning rates) for one run."""
+    config, data, held_out = holdout_split(run_dir)
     encoder, info = load_encoder(run_dir / "checkpoints" / checkpoint)
 
     def features(images: torch.Tensor) -> torch.Tensor:

@@ -28,23 +28,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from byol.config import load_config
 from byol.evaluate import PAPER_LEARNING_RATES, extract_features, linear_probe
 from byol.handover.load import encoder_from_state
 from byol.state import read_state
-from byol.train.monitor import load_training_data
+from mirror_probe import holdout_split
 
 EXTENDED_RATES = (0.4, 0.3, 0.2, 0.1, 0.05, 0.03, 0.02, 0.01)
 
 
 def probe_grid(run_dir: Path, rates: tuple[float, ...], encoders: list[str]) -> list[dict]:
     """One row per encoder: the paper-grid, extended-grid and per-rate holdout top-1."""
-    config = load_config(run_dir / "config.yaml")
-    if not config.holdout:
-        raise SystemExit(f"{run_dir / 'config.yaml'} has no holdout; this script never scores "
-                         "on the test split")  # fmt: skip
-    data, monitor = load_training_data(config)
-    held_out = monitor.queries
+    config, data, held_out = holdout_split(run_dir)
     checkpoint = run_dir / "checkpoints" / "last.pt"
     state = read_state(checkpoint)
     encoder, info = encoder_from_state(state, checkpoint)
