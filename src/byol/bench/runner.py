@@ -160,8 +160,9 @@ class TrainStepRunner:
         if config.lars == "loop":
             train = self.trainer.config
             self.trainer.optimizer = loop_lars(
-                param_groups(self.trainer.model, train.weight_decay), lr=0.0,
-                momentum=train.momentum, trust_coefficient=train.trust_coefficient,
+                param_groups(self.trainer.model, train.weight_decay,
+                             predictor_lr_scale=train.predictor_lr_scale),
+                lr=0.0, momentum=train.momentum, trust_coefficient=train.trust_coefficient,
             )  # fmt: skip
         self.trainer.model.train()
         self.step = 0
