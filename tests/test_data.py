@@ -134,7 +134,11 @@ def labeled_folder(tmp_path) -> Path:
     _save(Image.new("L", (20, 50), 77), root / "cat" / "a.jpg")
     _save(Image.new("RGBA", (64, 64), (10, 20, 30, 255)), root / "dog" / "c.PNG")
     _save(Image.new("RGB", (33, 40), BLUE), root / "dog" / "d.JPEG")
-    _save(Image.new("P", (12, 12)), root / "dog" / "e.bmp")
+    # A palette image with its palette written out: Pillow 12.3 cannot read back a BMP of
+    # a "P" image with an empty palette (seen on the GPU machine's image).
+    palette = Image.new("P", (12, 12))
+    palette.putpalette([value for grey in range(256) for value in (grey, grey, grey)])
+    _save(palette, root / "dog" / "e.bmp")
     (root / "dog" / "notes.txt").write_text("not an image")
     _save(Image.new("RGB", (8, 8)), root / "dog" / ".hidden.png")
     return root

@@ -41,12 +41,12 @@ def test_online_and_target_encoders_start_from_the_file(kind, tmp_path):
     trainer.build(data)
     for network in (trainer.model.online_encoder, trainer.model.target_encoder):
         state = network.state_dict()
-        assert all(torch.equal(state[k], v) for k, v in weights.items())
+        assert all(torch.equal(state[k].cpu(), v) for k, v in weights.items())
     # Without it, the same seed gives other weights.
     plain = Trainer(resolve({**RUN, "out": str(tmp_path / "p")}))
     plain.build(data)
     first = next(iter(weights))
-    assert not torch.equal(plain.model.online_encoder.state_dict()[first], weights[first])
+    assert not torch.equal(plain.model.online_encoder.state_dict()[first].cpu(), weights[first])
 
 
 def test_the_first_step_starts_from_the_file(tmp_path):
@@ -66,7 +66,7 @@ def test_the_first_step_starts_from_the_file(tmp_path):
 
     trainer.step = step
     trainer.fit()
-    assert seen and all(torch.equal(seen[k], v) for k, v in _donor().items())
+    assert seen and all(torch.equal(seen[k].cpu(), v) for k, v in _donor().items())
 
 
 def test_mismatches_are_listed_and_exit_2(tmp_path, capsys):

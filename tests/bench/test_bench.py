@@ -42,7 +42,7 @@ def tiny_config(**changes) -> BenchConfig:
 
 
 def test_cli_json_has_every_field_with_sane_values(small_ceiling, capsys):
-    assert main(["bench", *TINY, "--steps", "2", "--warmup", "1", "--json"]) == 0
+    assert main(["bench", *TINY, "--device", "cpu", "--steps", "2", "--warmup", "1", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
 
     assert result["config"]["arch"] == "convnet"

@@ -271,7 +271,8 @@ class Trainer(RunLoop):
                 "seed, so the run continues, but not bit-exactly as it would have",
                 stacklevel=2,
             )
-        torch.set_rng_state(state.rng["torch"])
+        # A checkpoint read with map_location=cuda brings this CPU state to the GPU too.
+        torch.set_rng_state(state.rng["torch"].to(torch.uint8).cpu())
         self._seconds_before = state.train_seconds
         return state.step
 
