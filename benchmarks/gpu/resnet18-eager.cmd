@@ -1,0 +1,1 @@
+python3 -m byol bench --device cuda --precision auto --json --arch resnet18 --small-images --image-size 32 --batch-size 512 --steps 25 --windows 3 --warmup 5 --no-compile 
