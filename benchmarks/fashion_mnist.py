@@ -10,11 +10,11 @@ encoder's features on the test split: linear probe (learning rate chosen on a he
 the training split) and weighted k-NN (k = 200, T = 0.1). The baselines are evaluated under the
 same protocols in the same run; the supervised reference trains the same encoder with labels
 for the same budget (first seed only, it costs another budget). The semi-supervised rows
-(``byol eval --protocol finetune --baseline scratch``, first seed only) fine-tune the
-pre-trained encoder on class-balanced 1% and 10% of the training labels against the same
-encoder trained from scratch on the same images (rate and epochs chosen on a held-out 10% of
-the training split). Results go to stdout and, with --write-results, to the fashion_mnist
-section of benchmarks/RESULTS.md.
+(``byol eval --protocol finetune --baseline scratch``, first seed only unless
+``--finetune-seeds`` names more) fine-tune the pre-trained encoder on class-balanced 1% and
+10% of the training labels against the same encoder trained from scratch on the same images
+(rate and epochs chosen on a held-out 10% of the training split). Results go to stdout and,
+with --write-results, to the fashion_mnist section of benchmarks/RESULTS.md.
 
 ``--set KEY=VALUE`` overrides the preset, e.g. ``--set schedule_to_time_limit=true`` fits each
 seed's schedule to the budget as it trains instead of fixing it from the calibration (not used
@@ -129,7 +129,10 @@ def main() -> int:
     parser.add_argument("--out", default="runs/fashion-mnist-bench")
     parser.add_argument("--supervised", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--label-fractions", type=float, nargs="*", default=[0.01, 0.1],
-                        help="semi-supervised rows, first seed (none: skip them)")  # fmt: skip
+                        help="semi-supervised rows (none: skip them)")  # fmt: skip
+    parser.add_argument("--finetune-seeds", type=int, nargs="+", default=None, metavar="SEED",
+                        help="the seeds whose encoders get the semi-supervised rows, each "
+                        "drawing its own labelled subset (default: the first seed)")  # fmt: skip
     parser.add_argument("--finetune-epochs", type=int, default=15,
                         help="the most fine-tuning epochs tried per learning rate")  # fmt: skip
     parser.add_argument("--reuse-runs", action="store_true",
@@ -140,6 +143,9 @@ def main() -> int:
                         help="train nothing: print (and with --write-results write) the "
                         "table of an earlier run's results.json (and its other flags)")  # fmt: skip
     args = parser.parse_args()
+    args.finetune_seeds = args.finetune_seeds or args.seeds[:1]
+    if not set(args.finetune_seeds) <= set(args.seeds):
+        parser.error(f"--finetune-seeds {args.finetune_seeds} must be among --seeds {args.seeds}")
 
     out = Path(args.out)
     # Every run of the benchmark, the calibration included, is bounded by the budget.
@@ -193,18 +199,27 @@ def main() -> int:
         print(json.dumps(rows[-1]), flush=True)
         # Written after every seed, so an interrupted benchmark keeps what it measured.
         (out / "results.json").write_text(json.dumps(rows, indent=2))
-    # The semi-supervised rows last (they are not timed against the budget), one fraction
-    # at a time, on the first seed's encoder.
-    for fraction in args.label_fractions:
-        rows += semi_supervised_rows(out / f"seed{args.seeds[0]}", [fraction],
-                                     args.finetune_epochs, args.seeds[0])  # fmt: skip
-        print(json.dumps(rows[-2:]), flush=True)
-        (out / "results.json").write_text(json.dumps(rows, indent=2))
+    # The semi-supervised rows last (they are not timed against the budget), one seed's
+    # encoder and one fraction at a time.
+    for seed in args.finetune_seeds:
+        for fraction in args.label_fractions:
+            rows += semi_supervised_rows(out / f"seed{seed}", [fraction],
+                                         args.finetune_epochs, seed)  # fmt: skip
+            print(json.dumps(rows[-2:]), flush=True)
+            (out / "results.json").write_text(json.dumps(rows, indent=2))
     table = format_table(rows, args, values)
     print(table)
     if args.write_results:
         write_section("fashion_mnist", table)
     return 0
+
+
+def _finetune_seeds_flag(args) -> str:
+    """``--finetune-seeds``, as the command line gave it (nothing for the default)."""
+    seeds = getattr(args, "finetune_seeds", None)
+    if not seeds or seeds == args.seeds[:1]:
+        return ""
+    return f" --finetune-seeds {' '.join(map(str, seeds))}"
 
 
 def recipe_summary(values: dict) -> str:
@@ -229,7 +244,7 @@ def format_table(rows, args, values) -> str:
         + ("" if args.supervised else " --no-supervised")
         + (
             f" --label-fractions {' '.join(f'{f:g}' for f in args.label_fractions)}"
-            f" --finetune-epochs {args.finetune_epochs}"
+            f" --finetune-epochs {args.finetune_epochs}{_finetune_seeds_flag(args)}"
             if args.label_fractions
             else " --label-fractions"
         )
@@ -296,6 +311,7 @@ def semi_supervised_table(rows: list[dict]) -> list[str]:
              "| labels | images | seed | BYOL fine-tuned top-1 / top-5 (%) | from scratch "
              "top-1 / top-5 (%) | BYOL − scratch (points) |",
              "|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    gaps: dict[float, list[float]] = {}
     for fraction in sorted({r["label_fraction"] for r in semi}):
         for seed in sorted({r["seed"] for r in semi}):
             pair = [r for r in semi if r["label_fraction"] == fraction and r["seed"] == seed]
@@ -307,9 +323,13 @@ def semi_supervised_table(rows: list[dict]) -> list[str]:
                         f"(lr {r['learning_rate']:g}, {r['finetune_epochs']} ep)")  # fmt: skip
 
             gap = 100 * (ours["linear_top1"] - scratch["linear_top1"])
+            gaps.setdefault(fraction, []).append(gap)
             lines.append(f"| {100 * fraction:g}% | {ours['n_train']} | {seed} | {cell(ours)} | "
                          f"{cell(scratch)} | {gap:+.2f} |")  # fmt: skip
-    return lines
+    means = [f"- {100 * fraction:g}% labels, mean of {len(seed_gaps)} seeds: BYOL − scratch "
+             f"{statistics.mean(seed_gaps):+.2f} points"
+             for fraction, seed_gaps in gaps.items() if len(seed_gaps) > 1]  # fmt: skip
+    return lines + (["", *means] if means else [])
 
 
 if __name__ == "__main__":

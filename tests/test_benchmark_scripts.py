@@ -66,6 +66,14 @@ def test_fashion_mnist_benchmark_pretrains_reuses_and_tabulates(fashion_mnist_sc
     assert "| 1% | 600 | 0 | 80.00 / 99.00 (lr 0.003, 10 ep) | 70.00 / 99.00" in table
     assert table.rstrip().endswith("| +10.00 |")
     assert "--no-supervised --label-fractions 0.01 --finetune-epochs 10" in table
+    # Semi-supervised rows of two seeds: one row each, the mean gap, the flag in the command.
+    semi_seed1 = [{**r, "seed": 1, "linear_top1": r["linear_top1"] - (0.04 if i else 0.0)}
+                  for i, r in enumerate(semi)]  # fmt: skip
+    args.seeds, args.finetune_seeds = [0, 1], [0, 1]
+    table = fm.format_table([scored, *semi, *semi_seed1], args, {"preset": "fashion-mnist"})
+    assert "--finetune-epochs 10 --finetune-seeds 0 1 --write-results" in table
+    assert "| 1% | 600 | 1 | 80.00 / 99.00 (lr 0.003, 10 ep) | 66.00 / 99.00" in table
+    assert table.rstrip().endswith("- 1% labels, mean of 2 seeds: BYOL − scratch +12.00 points")
     two_seeds = [{"name": "BYOL", "seed": s, "linear_top1": t, "knn_top1": t - 0.1}
                  for s, t in ((0, 0.9), (1, 0.8))]  # fmt: skip
     assert fm.seed_means(two_seeds) == ["", "- BYOL, mean of 2 seeds: linear top-1 85.00%, "
