@@ -31,6 +31,6 @@ PRESETS: dict[str, dict[str, Any]] = {
               "warmup_epochs": 10},
     "fashion-mnist": {"data": "fashion-mnist", "arch": "convnet-512", "epochs": 4,
                       "batch_size": 128, "base_lr": 8.0, "weight_decay": 1e-5,
-                      "target_decay": 0.99, "augment": "fashion-mnist", "warmup_epochs": 0.5,
+                      "target_decay": 0.996, "augment": "fashion-mnist", "warmup_epochs": 0.5,
                       "hidden_dim": 1024, "image_size": 16, "eval_image_size": 28},
 }  # fmt: skip
