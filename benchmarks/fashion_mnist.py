@@ -143,7 +143,7 @@ def main() -> int:
                         help="train nothing: print (and with --write-results write) the "
                         "table of an earlier run's results.json (and its other flags)")  # fmt: skip
     args = parser.parse_args()
-    args.finetune_seeds = args.finetune_seeds or args.seeds[:1]
+    args.finetune_seeds = list(dict.fromkeys(args.finetune_seeds or args.seeds[:1]))
     if not set(args.finetune_seeds) <= set(args.seeds):
         parser.error(f"--finetune-seeds {args.finetune_seeds} must be among --seeds {args.seeds}")
 
