@@ -3,6 +3,8 @@ takes no part in a choice."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -70,6 +72,40 @@ def test_finetune_learns_and_chooses_on_held_out_images_only(monkeypatch):
     again = finetune(encoder, 8, images, shuffled, mean=(0.3,) * 3, std=(0.3,) * 3, size=8,
                      learning_rates=(0.1, 0.01), epochs=4, batch_size=16)  # fmt: skip
     assert (again["learning_rate"], again["epochs"]) == (result["learning_rate"], result["epochs"])
+
+
+def test_a_whole_selection_run_is_kept_and_equals_its_retraining(monkeypatch):
+    # With one epoch the choice is always a whole selection run: it is scored on the test
+    # images as it is, and it has the very weights a retraining from the start gives.
+    parts = {name: _colour_data(n, seed) for name, n, seed in
+             (("train", 60, 0), ("val", 60, 1), ("test", 90, 2))}  # fmt: skip
+    images = {k: v[0] for k, v in parts.items()}
+    labels = {k: v[1] for k, v in parts.items()}
+    trained, tested = [], []
+    train, scores = finetune_module.FineTuneRun.train, finetune_module.FineTuneRun.scores
+
+    def train_spy(self, lr, epochs, score_each_epoch=None):
+        trained.append((lr, epochs, score_each_epoch))
+        return train(self, lr, epochs, score_each_epoch)
+
+    def scores_spy(self, model, part):
+        if part == "test":
+            tested.append(copy.deepcopy(model.state_dict()))
+        return scores(self, model, part)
+
+    monkeypatch.setattr(finetune_module.FineTuneRun, "train", train_spy)
+    monkeypatch.setattr(finetune_module.FineTuneRun, "scores", scores_spy)
+    options = dict(mean=(0.3,) * 3, std=(0.3,) * 3, size=8, batch_size=16)
+    encoder = _encoder()
+    result = finetune(encoder, 8, images, labels, learning_rates=(0.1, 0.01), epochs=1,
+                      **options)  # fmt: skip
+    assert trained == [(0.1, 1, "val"), (0.01, 1, "val")]  # no third training
+    job = finetune_module.FineTuneRun(encoder, 8, images, labels, weight_decay=0.0, crop="pad",
+                                      seed=0, device=torch.device("cpu"), **options)  # fmt: skip
+    retrained, _ = train(job, result["learning_rate"], 1)
+    (kept,) = tested
+    assert kept.keys() == retrained.state_dict().keys()
+    assert all(torch.equal(kept[k], v) for k, v in retrained.state_dict().items())
 
 
 def test_a_linear_probe_head_classifies_before_any_fine_tuning():

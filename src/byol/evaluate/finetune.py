@@ -12,7 +12,8 @@ same images with the same budget.
   number of epochs are chosen on a held-out part of the *training* split (disjoint from the
   labelled subset): every rate of the grid is trained for ``epochs`` epochs and scored on the
   held-out images after each; the best (rate, epoch) is retrained from the start with a cosine
-  over that many epochs and scored once on the test images.
+  over that many epochs (unless it is a whole selection run, which is then kept: the same
+  weights, one training fewer) and scored once on the test images.
 """
 
 from __future__ import annotations
@@ -112,9 +113,20 @@ def finetune(
                batch_size=batch_size, weight_decay=weight_decay, crop=crop, seed=seed,
                device=torch.device(device), head_init=head_init,
                precision=precision)  # fmt: skip
-    curves = {lr: job.train(lr, epochs, score_each_epoch="val")[1] for lr in learning_rates}
+    curves: dict[float, list[float]] = {}
+    full_length: tuple[float, nn.Module] | None = None  # the only run that may be the choice
+    for lr in learning_rates:
+        model, curves[lr] = job.train(lr, epochs, score_each_epoch="val")
+        if full_length is None or _ranks_higher(lr, curves, than=full_length[0]):
+            full_length = (lr, model)
     best_lr, best_epoch = best_rate_and_epochs(curves)
-    model, _ = job.train(best_lr, best_epoch)
+    assert full_length is not None
+    if best_epoch == epochs and best_lr == full_length[0]:
+        # The choice is a whole selection run: training it again would give the same weights
+        # (same seed, same cosine, and scoring draws no random numbers), so keep it.
+        model = full_length[1]
+    else:
+        model, _ = job.train(best_lr, best_epoch)
     test = job.scores(model, "test")
     return {
         "top1": test["top1"], "top5": test["top5"], "learning_rate": best_lr,
@@ -137,6 +149,12 @@ def _check_settings(images: dict[str, torch.Tensor], *, crop: str, head_init: st
         raise ConfigError(f"head_init must be one of {', '.join(HEAD_INITS)}, got {head_init!r}")
     if epochs < 1 or batch_size < 2 or not learning_rates:
         raise ConfigError("fine-tuning needs epochs >= 1, batch_size >= 2 and a learning rate")
+
+
+def _ranks_higher(lr: float, curves: dict[float, list[float]], *, than: float) -> bool:
+    """Whether ``lr``'s last-epoch score ranks above ``than``'s by the order of
+    :func:`best_rate_and_epochs` (higher top-1, then the larger rate)."""
+    return (curves[lr][-1], lr) > (curves[than][-1], than)
 
 
 def best_rate_and_epochs(curves: dict[float, list[float]]) -> tuple[float, int]:
