@@ -113,20 +113,7 @@ def finetune(
                batch_size=batch_size, weight_decay=weight_decay, crop=crop, seed=seed,
                device=torch.device(device), head_init=head_init,
                precision=precision)  # fmt: skip
-    curves: dict[float, list[float]] = {}
-    full_length: tuple[float, nn.Module] | None = None  # the only run that may be the choice
-    for lr in learning_rates:
-        model, curves[lr] = job.train(lr, epochs, score_each_epoch="val")
-        if full_length is None or _ranks_higher(lr, curves, than=full_length[0]):
-            full_length = (lr, model)
-    best_lr, best_epoch = best_rate_and_epochs(curves)
-    assert full_length is not None
-    if best_epoch == epochs and best_lr == full_length[0]:
-        # The choice is a whole selection run: training it again would give the same weights
-        # (same seed, same cosine, and scoring draws no random numbers), so keep it.
-        model = full_length[1]
-    else:
-        model, _ = job.train(best_lr, best_epoch)
+    curves, best_lr, best_epoch, model = _choose_and_train(job, learning_rates, epochs)
     test = job.scores(model, "test")
     return {
         "top1": test["top1"], "top5": test["top5"], "learning_rate": best_lr,
@@ -149,6 +136,26 @@ def _check_settings(images: dict[str, torch.Tensor], *, crop: str, head_init: st
         raise ConfigError(f"head_init must be one of {', '.join(HEAD_INITS)}, got {head_init!r}")
     if epochs < 1 or batch_size < 2 or not learning_rates:
         raise ConfigError("fine-tuning needs epochs >= 1, batch_size >= 2 and a learning rate")
+
+
+def _choose_and_train(
+    job: FineTuneRun, learning_rates: Sequence[float], epochs: int
+) -> tuple[dict[float, list[float]], float, int, nn.Module]:
+    """Every rate trained for ``epochs``, scored on the held-out images after each epoch;
+    returns those curves, the chosen rate and epochs, and the model trained with them."""
+    curves: dict[float, list[float]] = {}
+    full_length: tuple[float, nn.Module] | None = None  # the only whole run that may be chosen
+    for lr in learning_rates:
+        model, curves[lr] = job.train(lr, epochs, score_each_epoch="val")
+        if full_length is None or _ranks_higher(lr, curves, than=full_length[0]):
+            full_length = (lr, model)
+    best_lr, best_epoch = best_rate_and_epochs(curves)
+    if full_length is not None and (best_lr, best_epoch) == (full_length[0], epochs):
+        # Training it again would give the same weights (same seed, same cosine, and scoring
+        # draws no random numbers): keep it.
+        return curves, best_lr, best_epoch, full_length[1]
+    model, _ = job.train(best_lr, best_epoch)
+    return curves, best_lr, best_epoch, model
 
 
 def _ranks_higher(lr: float, curves: dict[float, list[float]], *, than: float) -> bool:
