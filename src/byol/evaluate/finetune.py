@@ -144,10 +144,11 @@ def _choose_and_train(
     """Every rate trained for ``epochs``, scored on the held-out images after each epoch;
     returns those curves, the chosen rate and epochs, and the model trained with them."""
     curves: dict[float, list[float]] = {}
-    full_length: tuple[float, nn.Module] | None = None  # the only whole run that may be chosen
+    full_length: tuple[float, nn.Module] | None = None
     for lr in learning_rates:
         model, curves[lr] = job.train(lr, epochs, score_each_epoch="val")
-        if full_length is None or _ranks_higher(lr, curves, than=full_length[0]):
+        # The choice's order, on the last epochs alone: the whole run that may be chosen.
+        if best_rate_and_epochs({rate: c[-1:] for rate, c in curves.items()})[0] == lr:
             full_length = (lr, model)
     best_lr, best_epoch = best_rate_and_epochs(curves)
     if full_length is not None and (best_lr, best_epoch) == (full_length[0], epochs):
@@ -156,12 +157,6 @@ def _choose_and_train(
         return curves, best_lr, best_epoch, full_length[1]
     model, _ = job.train(best_lr, best_epoch)
     return curves, best_lr, best_epoch, model
-
-
-def _ranks_higher(lr: float, curves: dict[float, list[float]], *, than: float) -> bool:
-    """Whether ``lr``'s last-epoch score ranks above ``than``'s by the order of
-    :func:`best_rate_and_epochs` (higher top-1, then the larger rate)."""
-    return (curves[lr][-1], lr) > (curves[than][-1], than)
 
 
 def best_rate_and_epochs(curves: dict[float, list[float]]) -> tuple[float, int]:
