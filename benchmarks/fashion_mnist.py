@@ -115,6 +115,7 @@ def semi_supervised_rows(run_dir: Path, fractions: list[float], epochs: int, see
              "label_fraction": r["label_fraction"], "n_train": r["n_train"],
              "learning_rate": r["learning_rate"], "finetune_epochs": r["epochs"],
              "head_init": r["head_init"], "precision": r.get("precision"),
+             "learning_rates": r.get("learning_rates"), "grid_edge": r.get("grid_edge"),
              "train_seconds_finetune": r["seconds"]}
             for r in result["rows"]]  # fmt: skip
 
@@ -319,8 +320,9 @@ def semi_supervised_table(rows: list[dict]) -> list[str]:
             scratch = next(r for r in pair if not r["name"].startswith("BYOL"))
 
             def cell(r):
+                lr = f"{r['learning_rate']:g}" + ("†" if r.get("grid_edge") else "")
                 return (f"{100 * r['linear_top1']:.2f} / {100 * r['linear_top5']:.2f} "
-                        f"(lr {r['learning_rate']:g}, {r['finetune_epochs']} ep)")  # fmt: skip
+                        f"(lr {lr}, {r['finetune_epochs']} ep)")  # fmt: skip
 
             gap = 100 * (ours["linear_top1"] - scratch["linear_top1"])
             gaps.setdefault(fraction, []).append(gap)
@@ -329,7 +331,10 @@ def semi_supervised_table(rows: list[dict]) -> list[str]:
     means = [f"- {100 * fraction:g}% labels, mean of {len(seed_gaps)} seeds: BYOL − scratch "
              f"{statistics.mean(seed_gaps):+.2f} points"
              for fraction, seed_gaps in gaps.items() if len(seed_gaps) > 1]  # fmt: skip
-    return lines + (["", *means] if means else [])
+    notes = means
+    if any(r.get("grid_edge") for r in semi):
+        notes += ["- † the largest or smallest rate of the grid: the best may lie beyond it"]
+    return lines + (["", *notes] if notes else [])
 
 
 if __name__ == "__main__":

@@ -74,6 +74,12 @@ def test_fashion_mnist_benchmark_pretrains_reuses_and_tabulates(fashion_mnist_sc
     assert "--finetune-epochs 10 --finetune-seeds 0 1 --write-results" in table
     assert "| 1% | 600 | 1 | 80.00 / 99.00 (lr 0.003, 10 ep) | 66.00 / 99.00" in table
     assert table.rstrip().endswith("- 1% labels, mean of 2 seeds: BYOL − scratch +12.00 points")
+    # A rate at the end of its grid is marked, and the mark explained.
+    semi[1] = {**semi[1], "learning_rate": 0.1, "grid_edge": "largest"}
+    table = fm.format_table([scored, *semi], args, {"preset": "fashion-mnist"})
+    assert "70.00 / 99.00 (lr 0.1†, 10 ep)" in table and "(lr 0.003, 10 ep)" in table
+    assert table.rstrip().endswith("- † the largest or smallest rate of the grid: the best may "
+                                   "lie beyond it")  # fmt: skip
     two_seeds = [{"name": "BYOL", "seed": s, "linear_top1": t, "knn_top1": t - 0.1}
                  for s, t in ((0, 0.9), (1, 0.8))]  # fmt: skip
     assert fm.seed_means(two_seeds) == ["", "- BYOL, mean of 2 seeds: linear top-1 85.00%, "

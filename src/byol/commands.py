@@ -70,7 +70,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         baselines=args.baseline or (), augmented=args.augmented, epochs=args.epochs,
         seed=args.seed, device=args.device, batch_size=args.batch_size, quiet=args.json,
         label_fractions=args.label_fraction, head_init=args.head_init,
-        precision=args.precision,
+        precision=args.precision, learning_rates=args.learning_rates,
     )  # fmt: skip
     if args.json:
         print(json.dumps(result))
@@ -114,6 +114,10 @@ def register_eval(commands: Any) -> None:
     parser.add_argument("--label-fraction", type=float, nargs="+", default=[0.01, 0.1],
                         metavar="F", help="class-balanced fractions of the training labels "
                         "for --protocol finetune (default: 0.01 0.1)")  # fmt: skip
+    parser.add_argument("--learning-rates", type=float, nargs="+", default=None, metavar="LR",
+                        help="with --protocol finetune, the grid of learning rates chosen "
+                        "from on held-out training images, for every method (default: "
+                        "0.1 0.03 0.01 0.003 0.001)")  # fmt: skip
     parser.add_argument("--head-init", choices=("linear-probe", "random"),
                         default="linear-probe",
                         help="with --protocol finetune, how the encoder's linear head starts: "

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from .baselines import random_init_encoder
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .evaluation_files import augmented_crop, open_evaluation, record, say
 from .handover import resolve_checkpoint
 from .runtime import describe_precision, precision_warning, resolve_precision
@@ -18,6 +18,7 @@ __all__ = [
     "FINETUNE_VAL_FRACTION",
     "LABEL_FRACTIONS",
     "finetune_evaluation",
+    "grid_edge",
     "rankme_evaluation",
 ]
 
@@ -33,7 +34,7 @@ DEFAULT_HEAD_INIT = "linear-probe"
 
 def finetune_evaluation(
     checkpoint, *, data, data_root, baselines, label_fractions, epochs, seed, device,
-    write_run_file, quiet, head_init=DEFAULT_HEAD_INIT, precision="auto",
+    write_run_file, quiet, head_init=DEFAULT_HEAD_INIT, precision="auto", learning_rates=None,
 ) -> dict[str, Any]:  # fmt: skip
     """``--protocol finetune``: the encoder (and ``scratch``, the same architecture from a
     random start) fine-tuned on each class-balanced fraction of the training labels.
@@ -41,9 +42,13 @@ def finetune_evaluation(
     ``head_init`` is how the pre-trained encoder's head starts; ``scratch`` is trained the
     standard supervised way, its head (like the rest of it) from a random start. ``precision``
     is resolved as ``byol train --precision`` (``auto``: bf16 where the hardware computes it
-    natively) and is the same for both."""
-    from .evaluate.finetune import class_balanced_subset, finetune
+    natively) and is the same for both. ``learning_rates`` is the grid both choose from
+    (default :data:`~byol.evaluate.finetune.FINETUNE_LEARNING_RATES`)."""
+    from .evaluate.finetune import FINETUNE_LEARNING_RATES, class_balanced_subset, finetune
 
+    grid = tuple(learning_rates or FINETUNE_LEARNING_RATES)
+    if any(not isinstance(lr, (int, float)) or not lr > 0 for lr in grid):
+        raise ConfigError(f"--learning-rates must all be positive, got {list(grid)}")
     started = time.perf_counter()
     run = open_evaluation(checkpoint, data=data, data_root=data_root, device=device)
     checkpoint, encoder, info, name = run.checkpoint, run.encoder, run.info, run.dataset
@@ -72,14 +77,20 @@ def finetune_evaluation(
             result = finetune(model, info.feature_dim, images, labels, mean=info.mean,
                               std=info.std, size=info.image_size, crop=augmented_crop(info),
                               seed=seed, device=run_device, head_init=head_start,
-                              precision=precision,
+                              precision=precision, learning_rates=grid,
                               **({"epochs": epochs} if epochs else {}))  # fmt: skip
+            edge = grid_edge(result["learning_rate"], grid)
             rows.append({"name": row_name, "protocol": "finetune", "label_fraction": fraction,
                          **{k: v for k, v in result.items() if k != "val_top1"},
+                         "learning_rates": list(grid), "grid_edge": edge,
                          "val_top1_by_lr": result["val_top1"]})  # fmt: skip
             say(f"{row_name}: fine-tuned on {len(subset)} labels ({100 * fraction:g}%): "
                  f"top-1 {100 * result['top1']:.2f}% (lr {result['learning_rate']:g}, "
                  f"{result['epochs']} epochs, {result['seconds']:.0f}s)", quiet)  # fmt: skip
+            if edge is not None:
+                say(f"warning: {row_name} chose the {edge} rate of the grid "
+                    f"({result['learning_rate']:g}); a grid reaching past it "
+                    "(--learning-rates) may do better", quiet)  # fmt: skip
     first = rows[0]
     result = {
         "checkpoint": str(checkpoint), "step": info.step, "arch": info.arch, "dataset": name,
@@ -89,6 +100,16 @@ def finetune_evaluation(
         "seconds": time.perf_counter() - started, "rows": rows,
     }  # fmt: skip
     return record(result, checkpoint, name, info.data, write_run_file)
+
+
+def grid_edge(chosen: float, grid: tuple[float, ...]) -> str | None:
+    """``largest`` or ``smallest`` when ``chosen`` is that end of a grid of several rates
+    (the best may lie beyond it), else None."""
+    if len(grid) < 2:
+        return None
+    if chosen == max(grid):
+        return "largest"
+    return "smallest" if chosen == min(grid) else None
 
 
 def rankme_evaluation(checkpoint, *, data, data_root, seed, device, batch_size,

@@ -135,6 +135,7 @@ def run_evaluation(
     label_fractions: Sequence[float] = LABEL_FRACTIONS,
     head_init: str = DEFAULT_HEAD_INIT,
     precision: str = "auto",
+    learning_rates: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the online encoder of ``checkpoint`` (and ``baselines``) with ``protocol``.
 
@@ -158,6 +159,8 @@ def run_evaluation(
         precision: with ``finetune``, the autocast of its forward passes, as ``byol train
             --precision`` (``auto``: bf16 where the hardware computes it natively, else fp32).
             The frozen protocols compute their features in fp32.
+        learning_rates: with ``finetune``, the grid of rates chosen from on the held-out
+            images (default: ``byol.evaluate.finetune.FINETUNE_LEARNING_RATES``).
 
     Returns:
         ``{"checkpoint", "step", "arch", "dataset", "protocol", "augmented", "split_sizes":
@@ -172,7 +175,7 @@ def run_evaluation(
             checkpoint, data=data, data_root=data_root, baselines=baselines,
             label_fractions=label_fractions, epochs=epochs, seed=seed, device=device,
             write_run_file=write_run_file, quiet=quiet, head_init=head_init,
-            precision=precision,
+            precision=precision, learning_rates=learning_rates,
         )  # fmt: skip
     if protocol == "rankme":
         return rankme_evaluation(checkpoint, data=data, data_root=data_root, seed=seed,

@@ -216,3 +216,46 @@ def test_the_choice_is_the_best_held_out_score_and_ties_go_to_fewer_epochs_then_
     assert best_rate_and_epochs({0.1: [0.5, 0.7], 0.03: [0.7, 0.6]}) == (0.03, 1)
     # The same score at the same epoch: the larger rate.
     assert best_rate_and_epochs({0.1: [0.7, 0.6], 0.03: [0.7, 0.6]}) == (0.1, 1)
+
+
+def test_eval_finetune_chooses_from_the_grid_given_and_warns_at_its_edge(tmp_path, capsys):
+    import json
+
+    from byol.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", "digits", "--arch", "convnet", "--hidden-dim", "32",
+                 "--batch-size", "64", "--max-steps", "1", "--knn-every", "0",
+                 "--no-tensorboard", "--out", str(run)]) == 0  # fmt: skip
+    argv = ["eval", str(run), "--protocol", "finetune", "--label-fraction", "0.05",
+            "--epochs", "1", "--baseline", "scratch", "--json"]  # fmt: skip
+    capsys.readouterr()
+    # One rate: it is every method's choice, and no edge to warn about.
+    assert main([*argv, "--learning-rates", "0.3"]) == 0
+    captured = capsys.readouterr()
+    rows = json.loads(captured.out)["rows"]
+    assert [r["learning_rates"] for r in rows] == [[0.3], [0.3]]
+    assert [list(r["val_top1_by_lr"]) for r in rows] == [["0.3"], ["0.3"]]
+    assert {r["learning_rate"] for r in rows} == {0.3}
+    assert [r["grid_edge"] for r in rows] == [None, None]
+    # Two rates: whichever is chosen is an end of the grid; the row says which, and so does a
+    # warning.
+    assert main([*argv[:-1], "--learning-rates", "0.05", "0.02"]) == 0
+    captured = capsys.readouterr()
+    rows = json.loads((run / "eval.json").read_text())["rows"]
+    assert all(r["learning_rates"] == [0.05, 0.02] for r in rows)
+    for row in rows:
+        edge = "largest" if row["learning_rate"] == 0.05 else "smallest"
+        assert row["grid_edge"] == edge
+        assert f"{row['name']} chose the {edge} rate of the grid" in captured.err
+    assert main([*argv, "--learning-rates", "0.1", "0"]) == 2
+    assert "--learning-rates must all be positive" in capsys.readouterr().err
+
+
+def test_the_default_grid_is_the_one_the_cli_documents():
+    from byol.cli import build_parser
+    from byol.evaluate.finetune import FINETUNE_LEARNING_RATES
+
+    helps = build_parser()._subparsers._group_actions[0].choices["eval"].format_help()
+    documented = " ".join(f"{lr:g}" for lr in FINETUNE_LEARNING_RATES)
+    assert f"(default: {documented})" in " ".join(helps.split())
