@@ -117,7 +117,7 @@ def register_eval(commands: Any) -> None:
     parser.add_argument("--learning-rates", type=float, nargs="+", default=None, metavar="LR",
                         help="with --protocol finetune, the grid of learning rates chosen "
                         "from on held-out training images, for every method (default: "
-                        "0.1 0.03 0.01 0.003 0.001)")  # fmt: skip
+                        "0.3 0.1 0.03 0.01 0.003 0.001)")  # fmt: skip
     parser.add_argument("--head-init", choices=("linear-probe", "random"),
                         default="linear-probe",
                         help="with --protocol finetune, how the encoder's linear head starts: "

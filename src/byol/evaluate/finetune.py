@@ -43,7 +43,7 @@ __all__ = [
 #: How the linear head starts: at random, or fitted on the frozen features first (LP-FT).
 HEAD_INITS = ("random", "linear-probe")
 #: The default grid of fine-tuning learning rates (chosen on held-out training images).
-FINETUNE_LEARNING_RATES: tuple[float, ...] = (0.1, 0.03, 0.01, 0.003, 0.001)
+FINETUNE_LEARNING_RATES: tuple[float, ...] = (0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
 
 
 def class_balanced_subset(
