@@ -79,18 +79,7 @@ def finetune_evaluation(
                               seed=seed, device=run_device, head_init=head_start,
                               precision=precision, learning_rates=grid,
                               **({"epochs": epochs} if epochs else {}))  # fmt: skip
-            edge = grid_edge(result["learning_rate"], grid)
-            rows.append({"name": row_name, "protocol": "finetune", "label_fraction": fraction,
-                         **{k: v for k, v in result.items() if k != "val_top1"},
-                         "learning_rates": list(grid), "grid_edge": edge,
-                         "val_top1_by_lr": result["val_top1"]})  # fmt: skip
-            say(f"{row_name}: fine-tuned on {len(subset)} labels ({100 * fraction:g}%): "
-                 f"top-1 {100 * result['top1']:.2f}% (lr {result['learning_rate']:g}, "
-                 f"{result['epochs']} epochs, {result['seconds']:.0f}s)", quiet)  # fmt: skip
-            if edge is not None:
-                say(f"warning: {row_name} chose the {edge} rate of the grid "
-                    f"({result['learning_rate']:g}); a grid reaching past it "
-                    "(--learning-rates) may do better", quiet)  # fmt: skip
+            rows.append(_finetune_row(row_name, fraction, result, grid, quiet))
     first = rows[0]
     result = {
         "checkpoint": str(checkpoint), "step": info.step, "arch": info.arch, "dataset": name,
@@ -100,6 +89,22 @@ def finetune_evaluation(
         "seconds": time.perf_counter() - started, "rows": rows,
     }  # fmt: skip
     return record(result, checkpoint, name, info.data, write_run_file)
+
+
+def _finetune_row(name: str, fraction: float, result: dict[str, Any], grid: tuple[float, ...],
+                  quiet: bool) -> dict[str, Any]:  # fmt: skip
+    """The ``eval.json`` row of one method at one fraction, reported as it lands."""
+    edge = grid_edge(result["learning_rate"], grid)
+    say(f"{name}: fine-tuned on {result['n_train']} labels ({100 * fraction:g}%): "
+        f"top-1 {100 * result['top1']:.2f}% (lr {result['learning_rate']:g}, "
+        f"{result['epochs']} epochs, {result['seconds']:.0f}s)", quiet)  # fmt: skip
+    if edge is not None:
+        say(f"warning: {name} chose the {edge} rate of the grid ({result['learning_rate']:g}); "
+            "a grid reaching past it (--learning-rates) may do better", quiet)  # fmt: skip
+    return {"name": name, "protocol": "finetune", "label_fraction": fraction,
+            **{k: v for k, v in result.items() if k != "val_top1"},
+            "learning_rates": list(grid), "grid_edge": edge,
+            "val_top1_by_lr": result["val_top1"]}  # fmt: skip
 
 
 def grid_edge(chosen: float, grid: tuple[float, ...]) -> str | None:
