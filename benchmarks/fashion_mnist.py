@@ -331,9 +331,8 @@ def semi_supervised_table(rows: list[dict]) -> list[str]:
     means = [f"- {100 * fraction:g}% labels, mean of {len(seed_gaps)} seeds: BYOL − scratch "
              f"{statistics.mean(seed_gaps):+.2f} points"
              for fraction, seed_gaps in gaps.items() if len(seed_gaps) > 1]  # fmt: skip
-    notes = means
-    if any(r.get("grid_edge") for r in semi):
-        notes += ["- † the largest or smallest rate of the grid: the best may lie beyond it"]
+    edge_note = "- † the largest or smallest rate of the grid: the best may lie beyond it"
+    notes = means + ([edge_note] if any(r.get("grid_edge") for r in semi) else [])
     return lines + (["", *notes] if notes else [])
 
 

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from .baselines import random_init_encoder
-from .errors import ConfigError, DataError
+from .errors import DataError
 from .evaluation_files import augmented_crop, open_evaluation, record, say
 from .handover import resolve_checkpoint
 from .runtime import describe_precision, precision_warning, resolve_precision
@@ -18,7 +18,6 @@ __all__ = [
     "FINETUNE_VAL_FRACTION",
     "LABEL_FRACTIONS",
     "finetune_evaluation",
-    "grid_edge",
     "rankme_evaluation",
 ]
 
@@ -44,11 +43,11 @@ def finetune_evaluation(
     is resolved as ``byol train --precision`` (``auto``: bf16 where the hardware computes it
     natively) and is the same for both. ``learning_rates`` is the grid both choose from
     (default :data:`~byol.evaluate.finetune.FINETUNE_LEARNING_RATES`)."""
-    from .evaluate.finetune import FINETUNE_LEARNING_RATES, class_balanced_subset, finetune
+    from .evaluate.finetune import FINETUNE_LEARNING_RATES as DEFAULT_GRID
+    from .evaluate.finetune import check_learning_rates, class_balanced_subset, finetune
 
-    grid = tuple(learning_rates or FINETUNE_LEARNING_RATES)
-    if any(not isinstance(lr, (int, float)) or not lr > 0 for lr in grid):
-        raise ConfigError(f"--learning-rates must all be positive, got {list(grid)}")
+    grid = tuple(learning_rates or DEFAULT_GRID)
+    check_learning_rates(grid)  # before the checkpoint and data are loaded
     started = time.perf_counter()
     run = open_evaluation(checkpoint, data=data, data_root=data_root, device=device)
     checkpoint, encoder, info, name = run.checkpoint, run.encoder, run.info, run.dataset
@@ -79,7 +78,7 @@ def finetune_evaluation(
                               seed=seed, device=run_device, head_init=head_start,
                               precision=precision, learning_rates=grid,
                               **({"epochs": epochs} if epochs else {}))  # fmt: skip
-            rows.append(_finetune_row(row_name, fraction, result, grid, quiet))
+            rows.append(_finetune_row(row_name, fraction, result, quiet))
     first = rows[0]
     result = {
         "checkpoint": str(checkpoint), "step": info.step, "arch": info.arch, "dataset": name,
@@ -91,30 +90,17 @@ def finetune_evaluation(
     return record(result, checkpoint, name, info.data, write_run_file)
 
 
-def _finetune_row(name: str, fraction: float, result: dict[str, Any], grid: tuple[float, ...],
-                  quiet: bool) -> dict[str, Any]:  # fmt: skip
+def _finetune_row(name: str, fraction: float, result: dict[str, Any], quiet: bool) -> dict:
     """The ``eval.json`` row of one method at one fraction, reported as it lands."""
-    edge = grid_edge(result["learning_rate"], grid)
     say(f"{name}: fine-tuned on {result['n_train']} labels ({100 * fraction:g}%): "
         f"top-1 {100 * result['top1']:.2f}% (lr {result['learning_rate']:g}, "
         f"{result['epochs']} epochs, {result['seconds']:.0f}s)", quiet)  # fmt: skip
-    if edge is not None:
+    if edge := result["grid_edge"]:
         say(f"warning: {name} chose the {edge} rate of the grid ({result['learning_rate']:g}); "
             "a grid reaching past it (--learning-rates) may do better", quiet)  # fmt: skip
     return {"name": name, "protocol": "finetune", "label_fraction": fraction,
             **{k: v for k, v in result.items() if k != "val_top1"},
-            "learning_rates": list(grid), "grid_edge": edge,
             "val_top1_by_lr": result["val_top1"]}  # fmt: skip
-
-
-def grid_edge(chosen: float, grid: tuple[float, ...]) -> str | None:
-    """``largest`` or ``smallest`` when ``chosen`` is that end of a grid of several rates
-    (the best may lie beyond it), else None."""
-    if len(grid) < 2:
-        return None
-    if chosen == max(grid):
-        return "largest"
-    return "smallest" if chosen == min(grid) else None
 
 
 def rankme_evaluation(checkpoint, *, data, data_root, seed, device, batch_size,

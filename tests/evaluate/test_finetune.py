@@ -177,6 +177,10 @@ def test_finetune_runs_in_the_precision_asked_for(monkeypatch):
     assert fp32["precision"] == "fp32" and set(seen) == {torch.float32}
     with pytest.raises(ConfigError, match="precision"):
         finetune(encoder, 8, images, labels, precision="int8", **options)
+    # One rate is no grid with an edge; a rate that is not positive is refused up front.
+    assert fp32["learning_rates"] == [0.1] and fp32["grid_edge"] is None
+    with pytest.raises(ConfigError, match="--learning-rates must all be positive"):
+        finetune(encoder, 8, images, labels, **{**options, "learning_rates": (0.1, -0.1)})
 
 
 def test_eval_finetune_resolves_auto_precision_from_the_hardware(tmp_path, capsys, monkeypatch):
@@ -252,10 +256,11 @@ def test_eval_finetune_chooses_from_the_grid_given_and_warns_at_its_edge(tmp_pat
     assert "--learning-rates must all be positive" in capsys.readouterr().err
 
 
-def test_the_default_grid_is_the_one_the_cli_documents():
-    from byol.cli import build_parser
+def test_the_default_grid_is_the_one_the_cli_documents(capsys):
+    from byol.cli import main
     from byol.evaluate.finetune import FINETUNE_LEARNING_RATES
 
-    helps = build_parser()._subparsers._group_actions[0].choices["eval"].format_help()
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
     documented = " ".join(f"{lr:g}" for lr in FINETUNE_LEARNING_RATES)
-    assert f"(default: {documented})" in " ".join(helps.split())
+    assert f"(default: {documented})" in " ".join(capsys.readouterr().out.split())

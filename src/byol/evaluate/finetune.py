@@ -36,8 +36,10 @@ __all__ = [
     "FINETUNE_LEARNING_RATES",
     "HEAD_INITS",
     "FineTuneRun",
+    "check_learning_rates",
     "class_balanced_subset",
     "finetune",
+    "grid_edge",
 ]
 
 #: How the linear head starts: at random, or fitted on the frozen features first (LP-FT).
@@ -103,7 +105,8 @@ def finetune(
     --precision``.
     The encoder itself is left untouched. Returns ``top1``, ``top5``,
     ``learning_rate``, ``epochs``, ``val_top1`` ({rate: [per-epoch top-1]}), ``n_train``,
-    ``n_val``, ``n_test`` and ``seconds``.
+    ``n_val``, ``n_test``, ``seconds``, ``learning_rates`` (the grid) and ``grid_edge``
+    (``largest`` / ``smallest`` when the chosen rate is that end of the grid, else None).
     """
     started = time.perf_counter()
     _check_settings(images, crop=crop, head_init=head_init, epochs=epochs,
@@ -123,6 +126,7 @@ def finetune(
         "n_train": len(images["train"]), "n_val": len(images["val"]),
         "n_test": len(images["test"]), "seconds": time.perf_counter() - started,
         "head_init": head_init, "precision": precision,
+        "learning_rates": list(learning_rates), "grid_edge": grid_edge(best_lr, learning_rates),
     }  # fmt: skip
 
 
@@ -136,8 +140,25 @@ def _check_settings(images: dict[str, torch.Tensor], *, crop: str, head_init: st
         raise ConfigError(f"crop must be 'pad' or 'resized', got {crop!r}")
     if head_init not in HEAD_INITS:
         raise ConfigError(f"head_init must be one of {', '.join(HEAD_INITS)}, got {head_init!r}")
-    if epochs < 1 or batch_size < 2 or not learning_rates:
-        raise ConfigError("fine-tuning needs epochs >= 1, batch_size >= 2 and a learning rate")
+    if epochs < 1 or batch_size < 2:
+        raise ConfigError("fine-tuning needs epochs >= 1 and batch_size >= 2")
+    check_learning_rates(learning_rates)
+
+
+def check_learning_rates(learning_rates: Sequence[float]) -> None:
+    """Raise a clear error unless ``learning_rates`` is a non-empty grid of positive rates."""
+    if not learning_rates or any(not lr > 0 for lr in learning_rates):
+        raise ConfigError(f"--learning-rates must all be positive, got {list(learning_rates)}")
+
+
+def grid_edge(chosen: float, learning_rates: Sequence[float]) -> str | None:
+    """``largest`` or ``smallest`` when ``chosen`` is that end of a grid of several rates
+    (the best may lie beyond it), else None."""
+    if len(set(learning_rates)) < 2:
+        return None
+    if chosen == max(learning_rates):
+        return "largest"
+    return "smallest" if chosen == min(learning_rates) else None
 
 
 def _choose_and_train(
