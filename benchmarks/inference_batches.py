@@ -10,7 +10,8 @@ in the caches runs faster; :func:`byol.runtime.inference_batch_size` picks the b
 device, and this script measures the choice. Part one: images/s of ``extract_features`` per
 batch size, with the model and input contiguous or both channels-last. Part two: one
 fine-tuning epoch on 600 labelled images and the scoring of 6,000 held-out ones, as
-``byol eval --protocol finetune`` does every epoch at 1% of Fashion-MNIST's labels.
+``byol eval --protocol finetune`` does every epoch at 1% of Fashion-MNIST's labels; with
+``PYTHONPATH=<another checkout>/src`` it times that checkout's fine-tuning the same way.
 Random-initialised encoder and random images: speed does not depend on the weights.
 """
 
@@ -28,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from byol import backbones
 from byol.evaluate import extract_features
 from byol.evaluate.finetune import FineTuneRun
-from byol.runtime import inference_batch_size
 from results_file import command_line, publish, report_header
 
 LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
@@ -76,7 +76,6 @@ def finetune_epoch(encoder: torch.nn.Module, feature_dim: int, channels: int, si
 
 
 def report(args: argparse.Namespace, rates: dict, epoch: dict | None) -> str:
-    default = inference_batch_size("cpu")
     conditions = (f"{args.threads} thread(s), fp32, {args.arch} at {args.image_size} px, "
                   f"{args.channels} channel(s), {args.images} images per pass over the set, "
                   f"median of {args.repeats} interleaved repeats")  # fmt: skip
@@ -85,8 +84,7 @@ def report(args: argparse.Namespace, rates: dict, epoch: dict | None) -> str:
                           command_line("inference_batches.py", args.write) + flags)  # fmt: skip
     lines += ["| batch | contiguous (images/s) | channels_last (images/s) |", "|---:|---:|---:|"]
     for batch_size in args.batch_sizes:
-        mark = " (CPU default)" if batch_size == default else ""
-        lines.append(f"| {batch_size}{mark} | {rates['contiguous', batch_size]:.0f} | "
+        lines.append(f"| {batch_size} | {rates['contiguous', batch_size]:.0f} | "
                      f"{rates['channels_last', batch_size]:.0f} |")  # fmt: skip
     if epoch is not None:
         lines += ["", f"One fine-tuning epoch on 600 images: {epoch['train']:.2f} s of training "
