@@ -41,8 +41,9 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 def inference_batch_size(device: torch.device | str) -> int:
     """Images per forward pass where an encoder only infers (features, held-out scores): 512 on
     a GPU, which wants large batches; 128 on a CPU, where a batch whose activations stay in the
-    caches runs faster (the convnet-512 at 28 px, one thread, AMD EPYC: 563 images/s at 128
-    against 357 at 512; benchmarks/RESULTS.md, "Inference batches")."""
+    caches runs faster (the convnet-512 at 28 px, AMD EPYC: 1,172 images/s at 128 against 771 at
+    512 on one thread, 1,948 against 1,122 on two; benchmarks/RESULTS.md, "Inference
+    batches")."""
     return 128 if torch.device(device).type == "cpu" else 512
 
 
