@@ -138,3 +138,23 @@ def test_probe_grid_scores_online_and_target_encoders_on_the_holdout(fashion_mni
     online, target = state.encoder_state("online"), state.encoder_state("target")
     assert online.keys() == target.keys() and online
     assert any(not torch.equal(online[k], target[k]) for k in online)
+
+
+def test_inference_batches_times_every_batch_and_layout_and_a_finetuning_epoch(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    script = load_script("inference_batches")
+    encoder, feature_dim = script.backbones.build("convnet", small_images=True, in_channels=1,
+                                                  image_size=8)  # fmt: skip
+    images = torch.randint(0, 256, (20, 1, 8, 8), dtype=torch.uint8)
+    rates = script.encode_rates(encoder, images, [4, 16], repeats=1)
+    layouts = ("contiguous", "channels_last")
+    assert set(rates) == {(layout, batch) for layout in layouts for batch in (4, 16)}
+    assert all(rate > 0 for rate in rates.values())
+    # The encoder is handed back in the layout it came in.
+    assert all(p.is_contiguous() for p in encoder.parameters())
+    epoch = script.finetune_epoch(encoder, feature_dim, 1, 8, repeats=1, n_train=8, n_val=12)
+    assert epoch["train"] > 0 and epoch["score"] > 0
+    args = argparse.Namespace(arch="convnet", image_size=8, channels=1, images=20,
+                              batch_sizes=[4, 16], threads=1, repeats=1, write=False)  # fmt: skip
+    table = script.report(args, rates, epoch)
+    assert "| 4 | " in table and "| 16 | " in table and "held-out" in table

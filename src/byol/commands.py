@@ -54,8 +54,9 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
                         help="folder holding the dataset files")  # fmt: skip
     parser.add_argument("--device", default=None, metavar="DEVICE",
                         help="cpu, cuda, cuda:1 ... (default: cuda when available)")  # fmt: skip
-    parser.add_argument("--batch-size", type=int, default=512, metavar="N",
-                        help="images per encoder forward pass (default: 512)")  # fmt: skip
+    parser.add_argument("--batch-size", type=int, default=None, metavar="N",
+                        help="images per encoder forward pass (default: 128 on a CPU, "
+                        "512 on a GPU)")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------ eval

@@ -73,7 +73,7 @@ def _features_of(
     dataset: ImageData,
     info: EncoderInfo,
     *,
-    batch_size: int,
+    batch_size: int | None,
     device: torch.device,
 ) -> torch.Tensor:
     """Frozen features of ``model``, or the normalised raw pixels when ``model`` is None."""
@@ -129,7 +129,7 @@ def run_evaluation(
     epochs: int | None = None,
     seed: int = 0,
     device: torch.device | str | None = None,
-    batch_size: int = 512,
+    batch_size: int | None = None,
     write_run_file: bool = True,
     quiet: bool = False,
     label_fractions: Sequence[float] = LABEL_FRACTIONS,
@@ -260,7 +260,7 @@ def _evaluate_encoder(
     protocol: str,
     augmented: bool,
     probe_options: dict[str, Any],
-    batch_size: int,
+    batch_size: int | None,
     device: torch.device,
     quiet: bool,
 ) -> list[dict[str, Any]]:

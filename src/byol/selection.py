@@ -52,7 +52,7 @@ def checkpoint_rankme(
     data_root: str | Path | None = None,
     samples: int = RANKME_SAMPLES,
     seed: int = 0,
-    batch_size: int = 512,
+    batch_size: int | None = None,
     device: torch.device | str | None = None,
 ) -> dict[str, Any]:
     """RankMe of the checkpoint's representations and projections on ``samples`` training

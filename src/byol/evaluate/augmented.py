@@ -11,6 +11,7 @@ from torch import nn
 
 from ..augment.crops import pad_crop_flip, prepare_whole_images, random_resized_crop_flip
 from ..errors import ConfigError, DataError
+from ..runtime import inference_batch_size
 from .checks import channel_stats, check_images, check_labels
 from .features import default_device, encode
 from .linear import (
@@ -48,7 +49,7 @@ def linear_probe_augmented(
     standardize: bool = True,
     num_classes: int | None = None,
     device: torch.device | str | None = None,
-    encode_batch_size: int = 512,
+    encode_batch_size: int | None = None,
     channels_last: bool = False,
 ) -> dict:
     """Linear evaluation with training-time augmentation, the paper's full protocol.
@@ -84,6 +85,8 @@ def linear_probe_augmented(
     num_classes = resolve_num_classes(num_classes, train_labels)
     run_device = torch.device(device) if device else default_device(encoder, train_images.device)
     mean_t, std_t = channel_stats(mean, std, train_images.shape[1], run_device)
+    if encode_batch_size is None:
+        encode_batch_size = inference_batch_size(run_device)
     options = {"batch_size": encode_batch_size, "device": run_device,
                "channels_last": channels_last}  # fmt: skip
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..augment.crops import prepare_whole_images
 from ..errors import ConfigError
+from ..runtime import inference_batch_size
 from .checks import channel_stats, check_images
 
 __all__ = ["default_device", "encode", "extract_features", "pixel_features", "to_unit_float"]
@@ -78,7 +79,7 @@ def extract_features(
     mean: Sequence[float] | torch.Tensor,
     std: Sequence[float] | torch.Tensor,
     size: int | None = None,
-    batch_size: int = 512,
+    batch_size: int | None = None,
     device: torch.device | str | None = None,
     channels_last: bool = False,
 ) -> torch.Tensor:
@@ -94,7 +95,8 @@ def extract_features(
         mean, std: per-channel normalisation applied after scaling to [0, 1].
         size: when given, images are resized to (size, size): the shorter side to ``size``
             (bilinear, antialiased), then the centre cropped (no change for square images).
-        batch_size: images per forward pass.
+        batch_size: images per forward pass; default
+            :func:`~byol.runtime.inference_batch_size` (128 on a CPU, 512 on a GPU).
         device: where the encoder runs; default: the device of its parameters.
         channels_last: feed the encoder channels-last tensors (faster on GPUs for convnets).
 
@@ -112,7 +114,7 @@ def extract_features(
         encoder,
         images,
         preprocess,
-        batch_size=batch_size,
+        batch_size=inference_batch_size(run_device) if batch_size is None else batch_size,
         device=run_device,
         channels_last=channels_last,
     )

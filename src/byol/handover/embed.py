@@ -42,7 +42,7 @@ def embed(
     data: str | None = None,
     data_root: str | Path | None = None,
     split: str = "train",
-    batch_size: int = 512,
+    batch_size: int | None = None,
     device: torch.device | str | None = None,
 ) -> EmbedResult:
     """Write the encoder features of every image of ``data``/``split`` to ``out`` (``.npy``).

@@ -190,7 +190,7 @@ def encode_dataset(
     info: EncoderInfo,
     *,
     indices: torch.Tensor | None = None,
-    batch_size: int = 512,
+    batch_size: int | None = None,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Frozen features ``(N, feature_dim)`` (float32, CPU) of ``dataset`` (or its ``indices``),
