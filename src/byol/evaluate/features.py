@@ -98,7 +98,8 @@ def extract_features(
         batch_size: images per forward pass; default
             :func:`~byol.runtime.inference_batch_size` (128 on a CPU, 512 on a GPU).
         device: where the encoder runs; default: the device of its parameters.
-        channels_last: feed the encoder channels-last tensors (faster on GPUs for convnets).
+        channels_last: feed the encoder channels-last tensors (faster for convnets whose weights
+            are channels-last too, on GPUs and CPUs: benchmarks/RESULTS.md, "Inference batches").
 
     Returns:
         float32 (N, D) tensor on the CPU.

@@ -204,7 +204,7 @@ class FineTuneRun:
         self.size, self.batch_size, self.weight_decay = size, batch_size, weight_decay
         self.crop, self.seed, self.device = crop, seed, device
         self.precision = precision
-        self.chunk = inference_batch_size(device)
+        self.inference_batch = inference_batch_size(device)
         self._probe_head = self._fit_probe_head() if head_init == "linear-probe" else None
 
     def _autocast(self) -> torch.autocast:
@@ -216,9 +216,10 @@ class FineTuneRun:
         encoder = copy.deepcopy(self.encoder).to(self.device, memory_format=torch.channels_last)
         encoder.eval()
         x, y = self.images["train"], self.labels["train"].to(self.device)
+        step = self.inference_batch
         with torch.no_grad(), self._autocast():
-            features = torch.cat([encoder(self._whole(x[i : i + self.chunk])).flatten(1).float()
-                                  for i in range(0, len(x), self.chunk)])  # fmt: skip
+            features = torch.cat([encoder(self._whole(x[i : i + step])).flatten(1).float()
+                                  for i in range(0, len(x), step)])  # fmt: skip
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             head = nn.Linear(self.feature_dim, self.num_classes).to(self.device)
@@ -292,8 +293,9 @@ class FineTuneRun:
         model.eval()
         x, y = self.images[part], self.labels[part]
         with self._autocast():
-            logits = torch.cat([model(self._whole(x[i : i + self.chunk])).float().cpu()
-                                for i in range(0, len(x), self.chunk)])  # fmt: skip
+            step = self.inference_batch
+            logits = torch.cat([model(self._whole(x[i : i + step])).float().cpu()
+                                for i in range(0, len(x), step)])  # fmt: skip
         top5 = topk_accuracy(logits, y, 5) if self.num_classes >= 5 else None
         return {"top1": topk_accuracy(logits, y, 1), "top5": top5}
 
