@@ -31,6 +31,7 @@ from ..augment.crops import pad_crop_flip, prepare_whole_images, random_resized_
 from ..errors import ConfigError, DataError
 from ..runtime import AUTOCAST_DTYPES, autocast, inference_batch_size, resolve_precision
 from .checks import channel_stats, check_labels, topk_accuracy
+from .features import encode
 
 __all__ = [
     "FINETUNE_LEARNING_RATES",
@@ -214,12 +215,9 @@ class FineTuneRun:
         """A linear head fitted on the frozen encoder's features of the labelled images (whole
         images, eval-mode BatchNorm): full-batch L-BFGS on the cross-entropy, a little L2."""
         encoder = copy.deepcopy(self.encoder).to(self.device, memory_format=torch.channels_last)
-        encoder.eval()
         x, y = self.images["train"], self.labels["train"].to(self.device)
-        step = self.inference_batch
         with torch.no_grad(), self._autocast():
-            features = torch.cat([encoder(self._whole(x[i : i + step])).flatten(1).float()
-                                  for i in range(0, len(x), step)])  # fmt: skip
+            features = self._encode_whole(encoder, x, output_device=self.device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             head = nn.Linear(self.feature_dim, self.num_classes).to(self.device)
@@ -242,11 +240,15 @@ class FineTuneRun:
         else:  # pad by an eighth of the side: CIFAR's 4 px at 32 px
             padding = max(1, round(x.shape[-1] / 8))
             x = prepare_whole_images(pad_crop_flip(x, padding, generator), self.size)
-        return _channels_last((x - self.mean) / self.std)
+        return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
 
-    def _whole(self, batch: torch.Tensor) -> torch.Tensor:
-        x = prepare_whole_images(batch.to(self.device).float().div_(255.0), self.size)
-        return _channels_last((x - self.mean) / self.std)
+    def _encode_whole(self, model: nn.Module, images: torch.Tensor,
+                      output_device: torch.device | None = None) -> torch.Tensor:  # fmt: skip
+        """``model`` in eval mode on the whole ``images``, in inference-sized batches."""
+        return encode(model, images,
+                      lambda x: (prepare_whole_images(x, self.size) - self.mean) / self.std,
+                      batch_size=self.inference_batch, device=self.device, channels_last=True,
+                      output_device=output_device)  # fmt: skip
 
     def train(
         self, lr: float, epochs: int, score_each_epoch: str | None = None
@@ -261,6 +263,8 @@ class FineTuneRun:
                 torch.manual_seed(self.seed)
                 head = nn.Linear(self.feature_dim, self.num_classes)
         model = nn.Sequential(copy.deepcopy(self.encoder), nn.Flatten(1), head).to(self.device)
+        # Channels-last as in byol train: the convnet-512 at 28 px infers 1.49x faster so on a
+        # CPU (benchmarks/RESULTS.md, "Inference batches").
         model = model.to(memory_format=torch.channels_last)
         optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
                                     weight_decay=self.weight_decay)  # fmt: skip
@@ -290,17 +294,8 @@ class FineTuneRun:
 
     @torch.no_grad()
     def scores(self, model: nn.Module, part: str) -> dict:
-        model.eval()
         x, y = self.images[part], self.labels[part]
         with self._autocast():
-            step = self.inference_batch
-            logits = torch.cat([model(self._whole(x[i : i + step])).float().cpu()
-                                for i in range(0, len(x), step)])  # fmt: skip
+            logits = self._encode_whole(model, x)
         top5 = topk_accuracy(logits, y, 5) if self.num_classes >= 5 else None
         return {"top1": topk_accuracy(logits, y, 1), "top5": top5}
-
-
-def _channels_last(x: torch.Tensor) -> torch.Tensor:
-    """The layout the trained copies use, as ``byol train`` does: the convnet-512 at 28 px
-    (AMD EPYC, one thread, batch 128) infers 1.49x faster than contiguous."""
-    return x.contiguous(memory_format=torch.channels_last)
