@@ -54,13 +54,17 @@ def calibrate(values: dict, out: Path, steps: int) -> float:
     Trainer(config, show_progress=False).fit()
     rate = median_rate(out)
     shutil.rmtree(out, ignore_errors=True)
+    if rate is None:
+        raise RuntimeError(f"the {steps}-step calibration run in {out} logged no speed")
     return rate
 
 
-def median_rate(run_dir: Path) -> float:
-    """Median images/s over a run's logged windows, the first (warm-up) dropped."""
+def median_rate(run_dir: Path) -> float | None:
+    """Median images/s over a run's logged windows, the first (warm-up) dropped unless it is the
+    only one; None when the run logged none."""
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return statistics.median([r["images_per_s"] for r in records if "images_per_s" in r][1:])
+    rates = [r["images_per_s"] for r in records if "images_per_s" in r]
+    return statistics.median(rates[1:] or rates) if rates else None
 
 
 def pretrain(values: dict, seed: int, run_dir: Path, budget_s: float, n_train: int, *,
@@ -76,7 +80,8 @@ def pretrain(values: dict, seed: int, run_dir: Path, budget_s: float, n_train: i
                 "total_steps": summary["total_steps"], "train_seconds": summary["seconds"],
                 "epochs": summary["total_steps"] / (n_train // batch_size),
                 "batch_size": batch_size, "train_images": n_train,
-                "images_per_s": median_rate(run_dir), "reused": True}  # fmt: skip
+                "images_per_s": median_rate(run_dir) or summary["step"] * batch_size
+                / summary["seconds"], "reused": True}  # fmt: skip
     images_per_s = calibrate({**values, "seed": seed}, run_dir.parent / "calibration", steps=30)
     # 3% margin for the checkpoint writes and the logging the calibration did not see.
     epochs = 0.97 * budget_s * images_per_s / n_train

@@ -51,9 +51,13 @@ def tuning_run(name: str, overrides: dict, *, preset: str, minutes: float, seed:
     return {"name": name, "overrides": overrides, "seed": seed, "minutes": minutes,
             "steps": result.step, "epochs": round(result.step / steps_per_epoch, 2),
             "train_seconds": round(train_seconds, 1),
-            "images_per_s": round(median_rate(run_dir), 1), "eval_size": info.image_size,
+            "images_per_s": _rounded(median_rate(run_dir)), "eval_size": info.image_size,
             "linear_top1": scores["linear_top1"], "linear_lr": scores["linear_lr"],
             "knn_top1": scores["knn_top1"], "final_loss": result.loss}  # fmt: skip
+
+
+def _rounded(rate: float | None) -> float | None:
+    return None if rate is None else round(rate, 1)
 
 
 def table(rows: list[dict]) -> str:

@@ -39,6 +39,20 @@ def fashion_mnist_script():
         sys.path.remove(str(BENCHMARKS))
 
 
+def test_median_rate_drops_the_warm_up_window_unless_it_is_the_only_one(
+    fashion_mnist_script, tmp_path
+):
+    # A short run on a busy machine can log a single window (seen under a parallel benchmark):
+    # its rate is all there is, and a run that logged none has no rate rather than an error.
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"images_per_s": 10.0}\n{"images_per_s": 30.0}\n{"images_per_s": 50.0}\n')
+    assert fashion_mnist_script.median_rate(tmp_path) == 40.0
+    metrics.write_text('{"images_per_s": 10.0}\n{"step": 1, "knn_top1": 0.5}\n')
+    assert fashion_mnist_script.median_rate(tmp_path) == 10.0
+    metrics.write_text('{"step": 1, "knn_top1": 0.5}\n')
+    assert fashion_mnist_script.median_rate(tmp_path) is None
+
+
 def test_fashion_mnist_benchmark_pretrains_reuses_and_tabulates(fashion_mnist_script, tmp_path):
     fm = fashion_mnist_script
     n_train = len(load_dataset("digits", split="train"))
