@@ -321,8 +321,10 @@ def semi_supervised_table(rows: list[dict]) -> list[str]:
     for fraction in sorted({r["label_fraction"] for r in semi}):
         for seed in sorted({r["seed"] for r in semi}):
             pair = [r for r in semi if r["label_fraction"] == fraction and r["seed"] == seed]
-            ours = next(r for r in pair if r["name"].startswith("BYOL"))
-            scratch = next(r for r in pair if not r["name"].startswith("BYOL"))
+            ours = next((r for r in pair if r["name"].startswith("BYOL")), None)
+            scratch = next((r for r in pair if not r["name"].startswith("BYOL")), None)
+            if ours is None or scratch is None:  # an interrupted benchmark's unfinished pair
+                continue
 
             def cell(r):
                 lr = f"{r['learning_rate']:g}" + ("†" if r.get("grid_edge") else "")

@@ -88,6 +88,9 @@ def test_fashion_mnist_benchmark_pretrains_reuses_and_tabulates(fashion_mnist_sc
     assert "--finetune-epochs 10 --finetune-seeds 0 1 --write-results" in table
     assert "| 1% | 600 | 1 | 80.00 / 99.00 (lr 0.003, 10 ep) | 66.00 / 99.00" in table
     assert table.rstrip().endswith("- 1% labels, mean of 2 seeds: BYOL − scratch +12.00 points")
+    # An interrupted benchmark's last pair (BYOL's row written, scratch's not) is left out.
+    table = fm.format_table([scored, *semi, *semi_seed1[:1]], args, {"preset": "fashion-mnist"})
+    assert "| 1% | 600 | 1 |" not in table and table.rstrip().endswith("| +10.00 |")
     # A rate at the end of its grid is marked, and the mark explained.
     semi[1] = {**semi[1], "learning_rate": 0.1, "grid_edge": "largest"}
     table = fm.format_table([scored, *semi], args, {"preset": "fashion-mnist"})
