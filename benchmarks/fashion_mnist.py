@@ -88,14 +88,22 @@ def pretrain(values: dict, seed: int, run_dir: Path, budget_s: float, n_train: i
     shutil.rmtree(run_dir, ignore_errors=True)
     config = resolve({**values, "seed": seed, "epochs": epochs, "out": str(run_dir),
                       "knn_every": 0, "checkpoint_every": 10**9})  # fmt: skip
-    print(f"seed {seed}: {images_per_s:.0f} images/s -> {epochs:.2f} epochs", flush=True)
+    replanned = " (a first plan: the schedule is re-fitted to the time as it trains)"
+    print(f"seed {seed}: {images_per_s:.0f} images/s -> {epochs:.2f} epochs"
+          f"{replanned if config.schedule_to_time_limit else ''}", flush=True)  # fmt: skip
     start = time.perf_counter()
     trainer = Trainer(config, show_progress=False)
     result = trainer.fit()
-    return {"name": "BYOL", "seed": seed, "epochs": epochs, "precision": trainer.precision,
-            "train_seconds": time.perf_counter() - start, "steps": result.step,
-            "total_steps": result.total_steps, "batch_size": config.batch_size,
-            "train_images": n_train, "images_per_s": images_per_s}  # fmt: skip
+    seconds = time.perf_counter() - start
+    per_epoch = n_train // config.batch_size
+    # The schedule's length as it ended (schedule_to_time_limit re-plans it from the measured
+    # speed, so the calibration's plan is kept apart) and the speed the run itself logged.
+    return {"name": "BYOL", "seed": seed, "epochs": result.total_steps / per_epoch,
+            "planned_epochs": epochs, "precision": trainer.precision, "train_seconds": seconds,
+            "steps": result.step, "total_steps": result.total_steps,
+            "batch_size": config.batch_size, "train_images": n_train,
+            "images_per_s": median_rate(run_dir) or result.step * config.batch_size / seconds,
+            "calibration_images_per_s": images_per_s}  # fmt: skip
 
 
 def evaluate(encoder, train, test, mean, std, size, seed) -> dict:

@@ -61,6 +61,9 @@ def test_fashion_mnist_benchmark_pretrains_reuses_and_tabulates(fashion_mnist_sc
     run = tmp_path / "seed0"
     row = fm.pretrain(values, 0, run, budget_s=2.0, n_train=n_train, reuse=False)
     assert row["steps"] >= 1 and row["train_seconds"] > 0 and row["images_per_s"] > 0
+    # epochs: the schedule as it ended, not the calibration's first plan, which is kept apart.
+    assert row["epochs"] == row["total_steps"] / (n_train // 64)
+    assert row["planned_epochs"] > 0 and row["calibration_images_per_s"] > 0
     _, info = load_encoder(run / "checkpoints" / "last.pt")
     assert info.arch == "convnet" and info.feature_dim > 0
     again = fm.pretrain(values, 0, run, budget_s=2.0, n_train=n_train, reuse=True)
