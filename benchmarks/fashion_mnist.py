@@ -67,6 +67,11 @@ def median_rate(run_dir: Path) -> float | None:
     return statistics.median(rates[1:] or rates) if rates else None
 
 
+def run_speed(run_dir: Path, steps: int, batch_size: int, seconds: float) -> float:
+    """A finished run's images/s: its logged median, else its steps over its wall-clock."""
+    return median_rate(run_dir) or steps * batch_size / seconds
+
+
 def pretrain(values: dict, seed: int, run_dir: Path, budget_s: float, n_train: int, *,
              reuse: bool) -> dict:  # fmt: skip
     """Pre-train one seed within the budget (or, with ``reuse``, take the finished run already
@@ -80,8 +85,8 @@ def pretrain(values: dict, seed: int, run_dir: Path, budget_s: float, n_train: i
                 "total_steps": summary["total_steps"], "train_seconds": summary["seconds"],
                 "epochs": summary["total_steps"] / (n_train // batch_size),
                 "batch_size": batch_size, "train_images": n_train,
-                "images_per_s": median_rate(run_dir) or summary["step"] * batch_size
-                / summary["seconds"], "reused": True}  # fmt: skip
+                "images_per_s": run_speed(run_dir, summary["step"], batch_size,
+                                          summary["seconds"]), "reused": True}  # fmt: skip
     images_per_s = calibrate({**values, "seed": seed}, run_dir.parent / "calibration", steps=30)
     # 3% margin for the checkpoint writes and the logging the calibration did not see.
     epochs = 0.97 * budget_s * images_per_s / n_train
@@ -102,7 +107,7 @@ def pretrain(values: dict, seed: int, run_dir: Path, budget_s: float, n_train: i
             "planned_epochs": epochs, "precision": trainer.precision, "train_seconds": seconds,
             "steps": result.step, "total_steps": result.total_steps,
             "batch_size": config.batch_size, "train_images": n_train,
-            "images_per_s": median_rate(run_dir) or result.step * config.batch_size / seconds,
+            "images_per_s": run_speed(run_dir, result.step, config.batch_size, seconds),
             "calibration_images_per_s": images_per_s}  # fmt: skip
 
 
