@@ -213,3 +213,16 @@ def test_warmup_cosine_schedule():
     assert warmup_cosine_lr(10, total, base, 0) == pytest.approx(
         base * 0.5 * (1 + math.cos(math.pi * 10 / total))
     )
+
+
+def test_view_size_schedule_switches_once_at_the_fraction():
+    from byol.schedules import view_size
+
+    total = 1000
+    sizes = [view_size(k, total, 16, 24, 0.8) for k in range(total + 1)]
+    assert sizes[:800] == [16] * 800 and sizes[800:] == [24] * 201
+    assert view_size(5 * total, total, 16, 24, 0.8) == 24  # past the end: still the last size
+    assert {view_size(k, total, 16) for k in range(total + 1)} == {16}  # no final size
+    assert view_size(0, total, 16, 24, 0.0) == 24  # from the start
+    assert view_size(total - 1, total, 16, 24, 1.0) == 16  # "from 1.0": only k = K
+    assert view_size(3, 0, 16, 24) == 16  # an empty schedule keeps the first size

@@ -94,6 +94,21 @@ class TrainConfig:
         "model",
         low=4,
     )
+    final_image_size: int | None = key(
+        None,
+        "side of the training views from --final-image-size-from of the schedule to its end "
+        "(progressive resizing: most steps on small, cheap views, the last ones closer to the "
+        "evaluation size; default: --image-size throughout)",
+        "model",
+        low=4,
+    )
+    final_image_size_from: float = key(
+        0.8,
+        "fraction of the schedule after which the views are --final-image-size",
+        "model",
+        low=0.0,
+        high=1.0,
+    )
     eval_image_size: int | None = key(
         None,
         "side the encoder sees when evaluated, monitored, "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["target_decay", "warmup_cosine_lr"]
+__all__ = ["target_decay", "view_size", "warmup_cosine_lr"]
 
 
 def target_decay(step: int, total_steps: int, base: float = 0.996) -> float:
@@ -29,3 +29,20 @@ def warmup_cosine_lr(step: int, total_steps: int, base_lr: float, warmup_steps: 
         return 0.0
     progress = (k - warmup_steps) / decay_steps
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def view_size(
+    step: int, total_steps: int, size: int, final_size: int | None = None, final_from: float = 0.8
+) -> int:
+    """The training views' side at step k: ``size`` while k < ``final_from``·K, then
+    ``final_size`` (progressive resizing; ``size`` throughout when ``final_size`` is None).
+
+    Why: on a throughput-bound machine small views buy epochs, while a random-resized crop
+    shows objects larger than the whole image does at evaluation ("FixRes", Touvron et al.
+    2019); a last stretch at a larger side lets the encoder adjust to the scale it will be
+    evaluated at. Example: ``view_size(900, 1000, 16, 24)`` is 24, ``view_size(700, 1000, 16,
+    24)`` is 16.
+    """
+    if final_size is None or total_steps <= 0:
+        return size
+    return final_size if step >= final_from * total_steps else size

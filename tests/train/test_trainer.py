@@ -235,3 +235,39 @@ def test_fitted_schedule_resumes_with_the_time_already_spent(tmp_path):
 def test_schedule_to_time_limit_needs_a_time_limit():
     with pytest.raises(ConfigError, match="--time-limit"):
         resolve({**TINY, "schedule_to_time_limit": True})
+
+
+def test_final_image_size_switches_the_views_and_resumes_exactly(tmp_path):
+    """Progressive resizing: 6 px views for the first half of an 11-step schedule, 8 px after;
+    the size is a function of the step, so a run resumed across the switch is the same run."""
+    from byol.train import Trainer
+
+    sizes = {"image_size": 6, "eval_image_size": 8, "final_image_size": 8,
+             "final_image_size_from": 0.5, "epochs": 0.25, "log_every": 1}  # fmt: skip
+    config = resolve({**TINY, **sizes, "out": str(tmp_path / "straight")})
+    trainer = Trainer(config, show_progress=False)
+    assert trainer.fit().step == 11
+    records = [r for r in _records(tmp_path / "straight") if "loss" in r]
+    # Step s (1-based) ran at step index s - 1: 6 px while s - 1 < 5.5.
+    assert [r["view_size"] for r in records] == [6] * 6 + [8] * 5
+    assert trainer.augment.size == (8, 8)
+    # The handed-over encoder keeps the first view size as its build size.
+    assert load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")["plan"][
+        "view_size"] == 6  # fmt: skip
+    run(tmp_path, "resumed", **sizes, max_steps=4, checkpoint_every=100)
+    run(tmp_path, "resumed", **sizes, checkpoint_every=100)
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["model"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_final_image_size_is_refused_for_full_resolution_files():
+    from types import SimpleNamespace
+
+    from byol.train.monitor import check_view_size
+
+    config = resolve({**TINY, "data": "/photos", "final_image_size": 24})
+    full_resolution = SimpleNamespace(image_size=None, typical_side=lambda: 500)
+    with pytest.raises(ConfigError, match="--final-image-size 24 needs images held at a fixed"):
+        check_view_size(config, full_resolution)

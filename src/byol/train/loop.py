@@ -148,6 +148,8 @@ class RunLoop:
         }  # fmt: skip
         if self.config.schedule_to_time_limit:
             record["total_steps"] = self.total_steps
+        if self.config.final_image_size is not None:
+            record["view_size"] = self.view_size_at(step)
         if window.skipped:
             record["skipped_steps"] = window.skipped
         if writer:

@@ -94,6 +94,12 @@ def check_view_size(config: TrainConfig, data: ImageData) -> None:
     upsampled from a thumbnail, while the files themselves may have the pixels. Fixed-size
     datasets (CIFAR, STL-10, arrays) may be upsampled on purpose: a warning says so."""
     stored = data.image_size
+    if stored is None and config.final_image_size is not None:
+        raise ConfigError(
+            f"--final-image-size {config.final_image_size} needs images held at a fixed size, "
+            f"but {config.data} is read at full resolution (its views are cut by the loader's "
+            "workers at one size): add --folder-image-size, or drop --final-image-size"
+        )
     if stored is None:
         typical = data.typical_side()
         if typical and config.image_size and config.image_size > typical:

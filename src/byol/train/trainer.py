@@ -44,7 +44,7 @@ from ..runtime import (
     resolve_device,
     resolve_precision,
 )
-from ..schedules import target_decay, warmup_cosine_lr
+from ..schedules import target_decay, view_size, warmup_cosine_lr
 from ..state import TrainState, read_state
 from ..warm_start import load_init_weights
 from .batches import index_batches
@@ -150,6 +150,13 @@ class Trainer(RunLoop):
         self.total_steps = total_steps
         self.end_step = min(total_steps, self.config.max_steps or total_steps)
 
+    def view_size_at(self, step: int) -> int:
+        """The side of the training views at ``step`` (``final_image_size`` from
+        ``final_image_size_from`` of the schedule on)."""
+        config = self.config
+        return view_size(step, self.total_steps, self.plan.view_size, config.final_image_size,
+                         config.final_image_size_from)  # fmt: skip
+
     def batch_indices(self, start: int, end: int) -> Iterator[torch.Tensor]:
         """Index batches for optimizer steps start..end-1 (this rank's share of each)."""
         return (indices for _, indices in self._keyed_batches(start, end))
@@ -187,6 +194,7 @@ class Trainer(RunLoop):
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         images = images.to(self.device, non_blocking=True)
+        self.augment.size = (self.view_size_at(step),) * 2
         micro_batches = images.chunk(config.accumulate)
         total_loss = torch.zeros((), device=self.device)
         stats: dict[str, torch.Tensor] = {}
