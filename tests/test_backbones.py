@@ -32,7 +32,8 @@ def test_convnet_is_small_and_fast_shape():
 @pytest.mark.parametrize(
     "name,widths,blocks",
     [("convnet-512", [32, 64, 128, 512], 1), ("convnet-wide", [64, 128, 256, 512], 1),
-     ("convnet-deep", [32, 32, 64, 64, 128, 128, 256, 256], 2)],
+     ("convnet-deep", [32, 32, 64, 64, 128, 128, 256, 256], 2),
+     ("convnet-1024", [32, 64, 128, 1024], 1), ("convnet-2048", [32, 64, 128, 2048], 1)],
 )  # fmt: skip
 def test_convnet_variants(name, widths, blocks):
     encoder, dim = backbones.build(name, in_channels=1)

@@ -116,6 +116,10 @@ _BUILDERS["convnet"] = _convnet((32, 64, 128, 256))
 # The fashion-mnist preset's encoder: a 512-d representation for ~30% more work per image at
 # 16 px, which paid for itself at equal wall-clock (docs/presets.md, round 4).
 _BUILDERS["convnet-512"] = _convnet((32, 64, 128, 512))
+# Wider last stages only: the linear probe reads the last stage, and at 16 px it runs on
+# 2x2 maps, so its width is cheap (docs/presets.md, round 19).
+_BUILDERS["convnet-1024"] = _convnet((32, 64, 128, 1024))
+_BUILDERS["convnet-2048"] = _convnet((32, 64, 128, 2048))
 _BUILDERS["convnet-wide"] = _convnet((64, 128, 256, 512))
 _BUILDERS["convnet-deep"] = _convnet((32, 64, 128, 256), blocks=2)
 
